@@ -1,0 +1,1 @@
+"""cirn.export: fused graph, ONNX, TensorRT, INT8, parity checks."""

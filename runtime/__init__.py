@@ -1,0 +1,1 @@
+"""cirn.runtime: inference backends (torch, onnxruntime, tensorrt) and the video pipeline."""

@@ -1,0 +1,1 @@
+"""cirn.train: models, data, losses, the three stages and evaluation."""

@@ -1,0 +1,99 @@
+"""Stage 2, adaptive semantic segmentation (ASS) from the intermediate domain (or the source) to the target.
+
+Segmentation CE on labelled images, a pixel-level adversarial loss on the target whose weight map grows where
+C and the ACM disagree, and a weight-discrepancy loss that keeps the two classifiers different (CLAN).
+"""
+import torch
+import torch.nn.functional as F
+
+from .datasets import build_train_dataset, build_val_dataset, infinite_loader
+from .engine import (BestKeeper, autocast, poly_lr, prepare_run_dir, resolve_device, seed_everything,
+                     seg_optimizer, set_lr, train_loop)
+from .losses import adversarial_loss, disagreement_map, discriminator_loss, seg_loss, weight_discrepancy
+from .models import build_discriminator, build_model, load_pretrained
+
+
+def loss_weights(adapt, iteration, iterations):
+    """CLAN's schedule: adversarial and discrepancy terms damped by (1 - i/N); plain BCE while preheating."""
+    damping = (1 - iteration / iterations) if adapt.damp else 1.0
+    preheat = iteration < adapt.preheat * iterations
+    return damping, preheat
+
+
+def train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_trg, adapt, damping, preheat,
+               amp_ctx):
+    """One ADVENT-ordered step: freeze D; seg + adversarial + discrepancy; unfreeze D; D on source and target."""
+    for p in disc.parameters():
+        p.requires_grad_(False)
+    opt_seg.zero_grad(set_to_none=True)
+    opt_disc.zero_grad(set_to_none=True)
+
+    with amp_ctx:
+        out_src = model(images_src)
+    logits_src = (out_src["logits_c"] + out_src["logits_acm"]).float()  # (B, C, h, w)
+    loss_seg_src = seg_loss(logits_src, labels_src)
+    loss_weight = adapt.lambda_weight * damping * weight_discrepancy(model.classifier_c, model.classifier_acm)
+    (loss_seg_src + loss_weight).backward()
+
+    size_trg = images_trg.shape[-2:]
+    with amp_ctx:
+        out_trg = model(images_trg)
+    logits_trg = (out_trg["logits_c"] + out_trg["logits_acm"]).float()
+    probs_trg = F.softmax(F.interpolate(logits_trg, size=size_trg, mode="bilinear", align_corners=False), dim=1)
+    weight_map = disagreement_map(out_trg["logits_c"].float(), out_trg["logits_acm"].float(), size_trg).detach()
+    d_trg = disc(probs_trg)  # (B, 1, h', w')
+    loss_adv_trg = adapt.lambda_adv * damping * adversarial_loss(
+        d_trg, weight_map, lambda_cos=adapt.lambda_cos, eps=adapt.eps, weighted=not preheat)
+    loss_adv_trg.backward()
+
+    for p in disc.parameters():
+        p.requires_grad_(True)
+    size_src = images_src.shape[-2:]
+    probs_src = F.softmax(F.interpolate(logits_src.detach(), size=size_src, mode="bilinear", align_corners=False),
+                          dim=1)
+    loss_d_src, loss_d_trg = discriminator_loss(disc(probs_src), disc(probs_trg.detach()),
+                                                None if preheat else weight_map,
+                                                lambda_cos=adapt.lambda_cos, eps=adapt.eps)
+    (loss_d_src + loss_d_trg).backward()
+    opt_seg.step()
+    opt_disc.step()
+    return {"loss_seg_src": loss_seg_src.item(), "loss_adv_trg": loss_adv_trg.item(),
+            "loss_weight": loss_weight.item(), "loss_d_src": loss_d_src.item(), "loss_d_trg": loss_d_trg.item(),
+            "disagreement": weight_map.mean().item()}
+
+
+def run(cfg, run_dir, resume=False, quiet=False):
+    """Adapt from the intermediate domain (data.intermediate_root) or the source to the target; returns the summary."""
+    run_dir = prepare_run_dir(run_dir, cfg, resume)
+    device = resolve_device(cfg.run.device)
+    seed_everything(cfg.run.seed)
+    model = build_model(cfg.model)
+    load_pretrained(model, cfg.model.pretrained)
+    model.to(device).train()
+    disc = build_discriminator(cfg.model.num_classes).to(device).train()
+    opt_seg = seg_optimizer(model, cfg.optim)
+    opt_disc = torch.optim.Adam(disc.parameters(), lr=cfg.optim.d_lr, betas=tuple(cfg.optim.d_betas))
+
+    labelled = build_train_dataset(cfg.data, "source", model.normalization)
+    unlabelled = build_train_dataset(cfg.data, "target", model.normalization, with_labels=False)
+    batches_src = infinite_loader(labelled, cfg.run.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers)
+    batches_trg = infinite_loader(unlabelled, cfg.run.batch_size, seed=cfg.run.seed + 1,
+                                  num_workers=cfg.data.num_workers)
+    keeper = BestKeeper(run_dir, cfg, build_val_dataset(cfg.data, model.normalization), device)
+    amp_ctx = autocast(device, cfg.run.amp)
+
+    def step(batches, i):
+        batch_src, batch_trg = batches
+        lr = poly_lr(cfg.optim.lr, i, cfg.run.iterations, cfg.optim.power, cfg.optim.warmup)
+        set_lr(opt_seg, lr)
+        set_lr(opt_disc, poly_lr(cfg.optim.d_lr, i, cfg.run.iterations, cfg.optim.power, cfg.optim.warmup))
+        damping, preheat = loss_weights(cfg.adapt, i, cfg.run.iterations)
+        return train_step(model, disc, opt_seg, opt_disc,
+                          batch_src["image"].to(device), batch_src["label"].to(device),
+                          batch_trg["image"].to(device), cfg.adapt, damping, preheat, amp_ctx)
+
+    modules = {"model": model, "disc": disc, "opt_seg": opt_seg, "opt_disc": opt_disc}
+    extras = {"batches_src": batches_src, "batches_trg": batches_trg}
+    desc = "stage2 (CIR+ASS)" if cfg.data.intermediate_root else "stage2 (ASS from source)"
+    return train_loop(cfg, run_dir, modules, extras, step, lambda: (next(batches_src), next(batches_trg)),
+                      keeper, resume, desc, quiet=quiet)

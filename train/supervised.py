@@ -1,0 +1,49 @@
+"""Supervised training: the source-only baseline (SO), the oracle (target labels) and CIR (SO on the intermediate
+domain, when data.intermediate_root is set). One loop: segmentation CE on the fused C + ACM logits."""
+
+from .datasets import build_train_dataset, build_val_dataset, infinite_loader
+from .engine import (BestKeeper, autocast, poly_lr, prepare_run_dir, resolve_device, seed_everything,
+                     seg_optimizer, set_lr, train_loop)
+from .losses import seg_loss
+from .models import build_model, load_pretrained
+
+
+def train_step(model, optimizer, images, labels, amp_ctx):
+    """One SGD step on a labelled batch; returns the named losses as floats."""
+    with amp_ctx:
+        out = model(images)
+    logits = (out["logits_c"] + out["logits_acm"]).float()  # (B, C, h, w)
+    loss_seg = seg_loss(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss_seg.backward()
+    optimizer.step()
+    return {"loss_seg": loss_seg.item()}
+
+
+def run(cfg, run_dir, domain="source", resume=False, quiet=False):
+    """Train on labelled `domain` ('source', or 'target' for the oracle); returns the run summary."""
+    run_dir = prepare_run_dir(run_dir, cfg, resume)
+    device = resolve_device(cfg.run.device)
+    seed_everything(cfg.run.seed)
+    model = build_model(cfg.model)
+    load_pretrained(model, cfg.model.pretrained)
+    model.to(device).train()
+    optimizer = seg_optimizer(model, cfg.optim)
+    train_set = build_train_dataset(cfg.data, domain, model.normalization)
+    batches = infinite_loader(train_set, cfg.run.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers)
+    keeper = BestKeeper(run_dir, cfg, build_val_dataset(cfg.data, model.normalization), device)
+    amp_ctx = autocast(device, cfg.run.amp)
+
+    def step(batch, i):
+        set_lr(optimizer, poly_lr(cfg.optim.lr, i, cfg.run.iterations, cfg.optim.power, cfg.optim.warmup))
+        images = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W)
+        labels = batch["label"].to(device, non_blocking=True)  # (B, H, W)
+        return train_step(model, optimizer, images, labels, amp_ctx)
+
+    desc = {"source": "source-only", "target": "oracle"}[domain]
+    if cfg.data.intermediate_root and domain == "source":
+        desc = "cir (source-only on intermediate)"
+    return train_loop(cfg, run_dir, {"model": model, "optimizer": optimizer}, {"batches": batches},
+                      step, lambda: next(batches), keeper, resume, desc, quiet=quiet)
+
+
