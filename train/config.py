@@ -109,6 +109,8 @@ class AdaptConfig:
     """Fraction of iterations with a plain (unweighted) adversarial loss, as CLAN."""
     damp: bool = True
     """Damp the adversarial and discrepancy weights by (1 - i / iterations), as CLAN."""
+    disc_channels: int = 64
+    """Base width of the output-space discriminator (64 = CLAN's; the toy preset uses 16 for speed)."""
 
 
 @dataclass

@@ -198,7 +198,8 @@ def prepare_run_dir(run_dir, cfg, resume):
         raise CirnError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        if not resume:
+            save_config(cfg, run_dir / "config.yaml")
     except OSError as err:
         raise CirnError(f"cannot write to the run folder {run_dir}: {err.strerror}") from None
     return run_dir
@@ -289,6 +290,7 @@ def train_loop(cfg, run_dir, modules, extras, step_fn, next_batch, keeper, resum
     start = restore_training_state(run_dir, cfg, modules, extras) if resume else 0
     if resume:
         print(f"resuming {run_dir} at iteration {start}", file=sys.stderr)
+        save_config(cfg, Path(run_dir) / "config.yaml")  # only once the checkpoint is known to fit this config
     run = cfg.run
     logger = RunLogger(run_dir, cfg, start, run.iterations, desc, quiet=quiet)
     try:
@@ -310,3 +312,23 @@ def train_loop(cfg, run_dir, modules, extras, step_fn, next_batch, keeper, resum
     from .io import atomic_write_text
     atomic_write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def load_model(path, device="cpu"):
+    """Rebuild the network of a cirn checkpoint (best.pt or a training last.pt) in eval mode; returns (model, state).
+
+    The state keeps `config` (the run's resolved config, as a dict) and `model_meta`.
+    """
+    from .config import ModelConfig
+    from .models import build_model
+    state = load_checkpoint(path)
+    meta = state["model_meta"]
+    model_cfg = ModelConfig(name=meta["name"], num_classes=meta["num_classes"],
+                            num_attention=meta["num_attention"], width=meta.get("width", 16))
+    model = build_model(model_cfg, load_weights=False)
+    weights = state["model"] if state.get("kind") == "model" else state["states"]["model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CirnError(f"checkpoint {path} does not match its own model description: {err}") from None
+    return model.to(device).eval(), state

@@ -10,7 +10,7 @@ from .datasets import build_train_dataset, build_val_dataset, infinite_loader
 from .engine import (BestKeeper, autocast, poly_lr, prepare_run_dir, resolve_device, seed_everything,
                      seg_optimizer, set_lr, train_loop)
 from .losses import adversarial_loss, disagreement_map, discriminator_loss, seg_loss, weight_discrepancy
-from .models import build_discriminator, build_model, load_pretrained
+from .models import build_discriminator, build_model
 
 
 def loss_weights(adapt, iteration, iterations):
@@ -30,7 +30,7 @@ def train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_tr
 
     with amp_ctx:
         out_src = model(images_src)
-    logits_src = (out_src["logits_c"] + out_src["logits_acm"]).float()  # (B, C, h, w)
+    logits_src = (out_src.logits_c + out_src.logits_acm).float()  # (B, C, h, w)
     loss_seg_src = seg_loss(logits_src, labels_src)
     loss_weight = adapt.lambda_weight * damping * weight_discrepancy(model.classifier_c, model.classifier_acm)
     (loss_seg_src + loss_weight).backward()
@@ -38,12 +38,12 @@ def train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_tr
     size_trg = images_trg.shape[-2:]
     with amp_ctx:
         out_trg = model(images_trg)
-    logits_trg = (out_trg["logits_c"] + out_trg["logits_acm"]).float()
+    logits_trg = (out_trg.logits_c + out_trg.logits_acm).float()
     probs_trg = F.softmax(F.interpolate(logits_trg, size=size_trg, mode="bilinear", align_corners=False), dim=1)
-    weight_map = disagreement_map(out_trg["logits_c"].float(), out_trg["logits_acm"].float(), size_trg).detach()
+    weight_map = disagreement_map(out_trg.logits_c.float(), out_trg.logits_acm.float(), size_trg).detach()
     d_trg = disc(probs_trg)  # (B, 1, h', w')
     loss_adv_trg = adapt.lambda_adv * damping * adversarial_loss(
-        d_trg, weight_map, lambda_cos=adapt.lambda_cos, eps=adapt.eps, weighted=not preheat)
+        d_trg, None if preheat else weight_map, lambda_cos=adapt.lambda_cos, eps=adapt.eps)
     loss_adv_trg.backward()
 
     for p in disc.parameters():
@@ -54,7 +54,7 @@ def train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_tr
     loss_d_src, loss_d_trg = discriminator_loss(disc(probs_src), disc(probs_trg.detach()),
                                                 None if preheat else weight_map,
                                                 lambda_cos=adapt.lambda_cos, eps=adapt.eps)
-    (loss_d_src + loss_d_trg).backward()
+    ((loss_d_src + loss_d_trg) / 2).backward()  # each domain's term halved, as CLAN/AdaptSegNet
     opt_seg.step()
     opt_disc.step()
     return {"loss_seg_src": loss_seg_src.item(), "loss_adv_trg": loss_adv_trg.item(),
@@ -68,9 +68,8 @@ def run(cfg, run_dir, resume=False, quiet=False):
     device = resolve_device(cfg.run.device)
     seed_everything(cfg.run.seed)
     model = build_model(cfg.model)
-    load_pretrained(model, cfg.model.pretrained)
     model.to(device).train()
-    disc = build_discriminator(cfg.model.num_classes).to(device).train()
+    disc = build_discriminator(cfg.model.num_classes, cfg.adapt.disc_channels).to(device).train()
     opt_seg = seg_optimizer(model, cfg.optim)
     opt_disc = torch.optim.Adam(disc.parameters(), lr=cfg.optim.d_lr, betas=tuple(cfg.optim.d_betas))
 

@@ -5,14 +5,14 @@ from .datasets import build_train_dataset, build_val_dataset, infinite_loader
 from .engine import (BestKeeper, autocast, poly_lr, prepare_run_dir, resolve_device, seed_everything,
                      seg_optimizer, set_lr, train_loop)
 from .losses import seg_loss
-from .models import build_model, load_pretrained
+from .models import build_model
 
 
 def train_step(model, optimizer, images, labels, amp_ctx):
     """One SGD step on a labelled batch; returns the named losses as floats."""
     with amp_ctx:
         out = model(images)
-    logits = (out["logits_c"] + out["logits_acm"]).float()  # (B, C, h, w)
+    logits = (out.logits_c + out.logits_acm).float()  # (B, C, h, w)
     loss_seg = seg_loss(logits, labels)
     optimizer.zero_grad(set_to_none=True)
     loss_seg.backward()
@@ -26,7 +26,6 @@ def run(cfg, run_dir, domain="source", resume=False, quiet=False):
     device = resolve_device(cfg.run.device)
     seed_everything(cfg.run.seed)
     model = build_model(cfg.model)
-    load_pretrained(model, cfg.model.pretrained)
     model.to(device).train()
     optimizer = seg_optimizer(model, cfg.optim)
     train_set = build_train_dataset(cfg.data, domain, model.normalization)

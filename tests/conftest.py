@@ -1,0 +1,16 @@
+import pytest
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory):
+    """A small toy domain pair (GTA5-layout source, Cityscapes-layout target) shared by the training tests."""
+    from cirn.train import toy
+    root = tmp_path_factory.mktemp("toy")
+    toy.generate(root, seed=0, num_source=8, num_train=8, num_val=4, workers=1)
+    return root
+
+
+@pytest.fixture
+def toy_args(toy_data):
+    """CLI options pointing a training command at the small toy pair."""
+    return ["--source-root", str(toy_data / "gta5"), "--target-root", str(toy_data / "cityscapes")]

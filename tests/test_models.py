@@ -1,0 +1,304 @@
+"""Segmentation networks, discriminator, weight loading and summaries. Big models are built on the meta device
+(shapes only); real forwards use ResNet-50 on 65x65 crops and the tiny model on 32x64 images."""
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from cirn.train.config import ModelConfig
+from cirn.train.errors import CirnError
+from cirn.train.models import (FusedSegNet, SegNet, TinyBackbone, build_discriminator, build_model, create_model,
+                               describe, feature_size, load_pretrained, summarize)
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def meta_model(name, **kwargs):
+    with torch.device("meta"):
+        return create_model(name, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def r50():
+    torch.manual_seed(0)
+    return create_model("deeplabv2-r50", num_classes=3)
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return create_model("tiny", num_classes=3, base_width=4)
+
+
+# ---------------------------------------------------------------- DeepLab-v2 ResNet
+def test_r101_parameter_counts_match_the_reference():
+    model = meta_model("deeplabv2-r101", num_classes=19, num_attention=0)
+    assert count(model.backbone) == 42_500_160
+    assert count(model.classifier_c) == 1_400_908
+    assert count(model.backbone) + count(model.classifier_c) == 43_901_068
+    assert count(model) == 45_301_976  # K=0: the fused network is CLAN's backbone + two classifiers
+    with_attention = meta_model("deeplabv2-r101", num_classes=19, num_attention=2)
+    assert count(with_attention) == 45_301_976 + 2 * (2048 + 1)  # plus one 1x1 conv 2048 -> 1 per attention module
+
+
+def test_torchvision_dilated_resnet101_has_the_same_count():
+    with torch.device("meta"):
+        reference = torchvision.models.resnet101(replace_stride_with_dilation=[False, True, True])
+    assert count(reference) - count(reference.fc) == 42_500_160
+
+
+def test_r101_is_caffe_style_and_dilated():
+    backbone = meta_model("deeplabv2-r101").backbone
+    first = backbone.layer2[0]
+    assert first.conv1.stride == (2, 2) and first.conv2.stride == (1, 1)  # stride on the first 1x1
+    assert backbone.maxpool.ceil_mode
+    for layer, dilation in ((backbone.layer3, 2), (backbone.layer4, 4)):
+        assert layer[0].downsample is not None
+        for block in layer:  # every block dilated, the first included
+            assert block.conv2.dilation == (dilation, dilation) and block.conv2.padding == (dilation, dilation)
+            assert block.conv1.stride == (1, 1)
+    assert [len(backbone.layer1), len(backbone.layer2), len(backbone.layer3), len(backbone.layer4)] == [3, 4, 23, 3]
+
+
+@pytest.mark.parametrize("height, width, expected", [(512, 1024, (65, 129)), (720, 1280, (91, 161))])
+def test_feature_size_rule_on_meta_device(height, width, expected):
+    assert feature_size(height, width) == expected
+    model = meta_model("deeplabv2-r101", num_classes=19)
+    out = model(torch.empty(1, 3, height, width, device="meta"))
+    assert out.logits_c.shape == (1, 19, *expected)
+
+
+@pytest.mark.parametrize("size", [(33, 47), (64, 64), (97, 130)])
+def test_feature_size_matches_the_network_on_odd_sizes(size):
+    backbone = meta_model("deeplabv2-r50").backbone
+    assert backbone(torch.empty(1, 3, *size, device="meta")).shape[-2:] == feature_size(*size)
+
+
+def test_r50_forward_at_output_stride_8(r50):
+    r50.eval()
+    with torch.no_grad():
+        out = r50(torch.randn(1, 3, 65, 65))
+    assert out.logits_c.shape == out.logits_acm.shape == (1, 3, 9, 9) == (1, 3, *feature_size(65, 65))
+    assert out.attention.shape == (1, 2, 9, 9)
+
+
+def test_batchnorm_frozen_in_affine_and_statistics(r50):
+    bns = [m for m in r50.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(not p.requires_grad for bn in bns for p in bn.parameters())
+    r50.train()
+    assert r50.training and all(not bn.training for bn in bns)
+    assert r50.classifier_c.training
+    before = bns[0].running_mean.clone()
+    with torch.no_grad():
+        r50(torch.randn(1, 3, 33, 33) * 5)
+    assert torch.equal(bns[0].running_mean, before)
+    backbone_ids = {id(p) for p in r50.backbone_parameters()}
+    assert not any(id(p) in backbone_ids for bn in bns for p in bn.parameters())
+    assert len(r50.backbone_parameters()) == sum(1 for p in r50.backbone.parameters() if p.requires_grad)
+    heads = r50.head_parameters()
+    assert sum(p.numel() for p in heads) == count(r50.classifier_c) * 2 + count(r50.attention)
+    assert not backbone_ids & {id(p) for p in heads}
+
+
+# ---------------------------------------------------------------- SegNet and ACM
+@pytest.mark.parametrize("num_attention", [0, 1, 2, 3])
+def test_acm_structure_and_attention_maps(num_attention):
+    model = create_model("tiny", num_classes=3, num_attention=num_attention, base_width=4).eval()
+    assert len(model.attention) == num_attention
+    assert [m.scale for m in model.attention] == [2, 4, 8][:num_attention]
+    out = model(torch.randn(2, 3, 32, 64))
+    assert out.logits_c.shape == out.logits_acm.shape == (2, 3, 4, 8)
+    assert out.attention.shape == (2, num_attention, 4, 8)  # scale 8 > 4 feature rows: a global window
+    if num_attention:
+        assert out.attention.min() >= 0 and out.attention.max() <= 1
+
+
+def test_acm_matches_the_formula(tiny):
+    tiny.eval()
+    with torch.no_grad():
+        nn.init.normal_(tiny.attention[0].conv.weight, 0, 1.0)  # non-trivial maps
+        nn.init.normal_(tiny.attention[1].conv.weight, 0, 1.0)
+        x = torch.randn(2, 3, 48, 64)
+        out = tiny(x)
+        f = tiny.backbone(x)
+        expected_acm = 0
+        for k, module in enumerate(tiny.attention):
+            # The literal order: pool, upsample, 1x1 conv, sigmoid.
+            pooled = F.avg_pool2d(f, module.scale, module.scale, ceil_mode=True, count_include_pad=False)
+            a = torch.sigmoid(module.conv(F.interpolate(pooled, size=f.shape[-2:], mode="bilinear")))
+            assert torch.allclose(out.attention[:, k:k + 1], a, atol=1e-5)
+            expected_acm = expected_acm + tiny.classifier_acm((1 + a) * f)
+        assert torch.allclose(out.logits_acm, expected_acm, atol=1e-4)
+        assert torch.allclose(out.logits_c, tiny.classifier_c(f), atol=1e-5)
+
+
+def test_k0_acm_is_a_plain_second_classifier():
+    model = create_model("tiny", num_classes=3, num_attention=0, base_width=4).eval()
+    x = torch.randn(1, 3, 32, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x).logits_acm, model.classifier_acm(model.backbone(x)))
+
+
+def test_fused_is_c_plus_acm(tiny):
+    tiny.eval()
+    x = torch.randn(2, 3, 32, 64)
+    with torch.no_grad():
+        out = tiny(x)
+        fused = tiny.fused(x)
+        assert torch.allclose(fused, out.logits_c + out.logits_acm, atol=1e-6)
+        assert torch.equal(FusedSegNet(tiny)(x), fused)
+    assert FusedSegNet(tiny).normalization == tiny.normalization == "imagenet"
+
+
+def test_tiny_forward_backward(tiny):
+    tiny.train()
+    out = tiny(torch.randn(2, 3, 32, 64))
+    loss = out.logits_c.square().mean() + out.logits_acm.square().mean()
+    loss.backward()
+    assert all(p.grad is not None for p in tiny.parameters())
+    assert tiny.backbone.features[0][1].training  # the tiny model trains its BatchNorm
+
+
+def test_normalization_travels_in_the_state_dict(tiny):
+    tiny.normalization = "caffe"
+    copy = create_model("tiny", num_classes=3, base_width=4)
+    assert copy.normalization == "imagenet"
+    copy.load_state_dict(tiny.state_dict())
+    assert copy.normalization == "caffe"
+    with pytest.raises(ValueError):
+        copy.normalization = "bgr"
+
+
+def test_mobilenetv3_builds_and_runs():
+    model = create_model("mobilenetv3", num_classes=3).eval()
+    assert model.output_stride == 16
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 96))
+    assert out.logits_c.shape == (1, 3, 4, 6) and out.attention.shape == (1, 2, 4, 6)
+
+
+def test_segnet_accepts_a_custom_backbone_and_scales():
+    model = SegNet(TinyBackbone(4), num_classes=2, num_attention=2, attention_scales=(3, 5), head_dilations=(1, 2),
+                   freeze_bn=False)
+    assert [m.scale for m in model.attention] == [3, 5] and len(model.classifier_c.branches) == 2
+    with pytest.raises(ValueError):
+        SegNet(TinyBackbone(4), num_classes=2, num_attention=2, attention_scales=(3,))
+
+
+def test_build_model_from_config():
+    tiny = build_model(ModelConfig(name="tiny", num_classes=5, num_attention=1, width=8))
+    assert tiny.num_classes == 5 and tiny.num_attention == 1 and tiny.backbone.out_channels == 32
+    assert not tiny.freeze_bn and tiny.normalization == "imagenet"
+    assert build_model(ModelConfig(name="mobilenetv3", num_classes=3)).freeze_bn is False
+    with pytest.raises(CirnError):
+        create_model("resnet9000")
+
+
+def test_discriminator_matches_clan():
+    discriminator = build_discriminator(19)
+    assert count(discriminator) == 2_781_121
+    assert discriminator(torch.randn(1, 19, 64, 128)).shape == (1, 1, 2, 4)
+
+
+# ---------------------------------------------------------------- pretrained weights
+def test_torchvision_state_dict_round_trip(tmp_path, r50):
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet50(weights=None)
+    path = tmp_path / "resnet50.pth"
+    torch.save(reference.state_dict(), path)
+    r50.normalization = "caffe"
+    report = load_pretrained(r50, str(path))
+    assert "torchvision" in report and "fc.weight" in report
+    assert r50.normalization == "imagenet"
+    for key, value in r50.backbone.state_dict().items():
+        assert torch.equal(value, reference.state_dict()[key]), key
+    assert not r50.backbone.bn1.weight.requires_grad  # loading keeps BN frozen
+
+
+def test_deeplab_init_format(tmp_path, r50):
+    torch.manual_seed(2)
+    source = create_model("deeplabv2-r50", num_classes=3).backbone.state_dict()
+    # The AdaptSegNet/CLAN file: every key under Scale., no BN batch counters, its own 21-class classifier.
+    state = {f"Scale.{k}": v for k, v in source.items() if not k.endswith("num_batches_tracked")}
+    state["Scale.layer5.conv2d_list.0.weight"] = torch.zeros(21, 2048, 3, 3)
+    state["Scale.layer5.conv2d_list.0.bias"] = torch.zeros(21)
+    path = tmp_path / "DeepLab_resnet_pretrained_init.pth"
+    torch.save(state, path)
+    report = load_pretrained(r50, str(path))
+    assert "deeplab-init" in report and "layer5" in report
+    assert r50.normalization == "caffe"
+    for key, value in r50.backbone.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(value, source[key]), key
+
+
+def test_wrong_architecture_file_is_a_cirn_error_naming_it(tmp_path, r50):
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    with pytest.raises(CirnError, match="resnet18.pth.*another architecture"):
+        load_pretrained(r50, str(path))
+
+
+def test_unreadable_or_missing_file(tmp_path, r50):
+    with pytest.raises(CirnError, match="do not exist"):
+        load_pretrained(r50, str(tmp_path / "nope.pth"))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CirnError, match="garbage.pth"):
+        load_pretrained(r50, str(garbage))
+
+
+def test_imagenet_weights_from_the_torch_cache(tmp_path, monkeypatch, r50):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    weights = r50.backbone.imagenet_weights()
+    cached = tmp_path / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+    cached.parent.mkdir()
+    reference = torchvision.models.resnet50(weights=None)
+    torch.save(reference.state_dict(), cached)
+    load_pretrained(r50, "imagenet")
+    assert torch.equal(r50.backbone.layer4[2].conv3.weight, reference.layer4[2].conv3.weight)
+
+
+def test_imagenet_weights_offline_say_what_to_do(tmp_path, monkeypatch, r50, tiny):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(CirnError, match="--pretrained PATH"):
+        load_pretrained(r50, "imagenet")
+    with pytest.raises(CirnError, match="no ImageNet weights"):
+        load_pretrained(tiny, "imagenet")
+    assert "random init" in load_pretrained(tiny, "")
+
+
+# ---------------------------------------------------------------- summary
+def test_summary_of_r101_at_cityscapes_size():
+    s = summarize("deeplabv2-r101", num_classes=19, height=512, width=1024, num_attention=0)
+    assert s["feature_size"] == (65, 129)
+    assert s["params_backbone_c"] == 43_901_068 and s["params_fused"] == 45_301_976
+    assert s["params_discriminator"] == 2_781_121
+    # REFERENCE: ~732 GFLOP with one classifier, measured with torchvision's 64x128 features; ceil-mode pooling
+    # gives 65x129 (+2.4% pixels).
+    assert 732 * 0.98 < s["gflops_backbone_c"] < 732 * 1.04
+    assert s["gflops_fused"] == pytest.approx(s["gflops_backbone_c"] + s["gflops_acm"])
+    text = describe("tiny", num_classes=3, height=128, width=256)
+    assert "fused network" in text and "16x32" in text
+
+
+def test_discriminator_width_is_configurable():
+    narrow = build_discriminator(3, base_channels=16)
+    assert narrow(torch.randn(2, 3, 32, 64)).shape == (2, 1, 1, 2)
+
+
+def test_mobilenetv3_loads_a_torchvision_state_dict(tmp_path):
+    model = create_model("mobilenetv3", num_classes=3)
+    reference = torchvision.models.mobilenet_v3_large(weights=None)
+    path = tmp_path / "mobilenet_v3_large.pth"
+    torch.save(reference.state_dict(), path)
+    assert "classifier.0.weight" in load_pretrained(model, str(path))
+    assert torch.equal(model.backbone.features[16][0].weight, reference.features[16][0].weight)

@@ -1,0 +1,102 @@
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cirn.cli import train_main
+from cirn.train import engine, stage2
+from cirn.train.config import load_config
+from cirn.train.engine import load_checkpoint
+
+
+def run_cli(args):
+    result = CliRunner().invoke(train_main, args, catch_exceptions=False)
+    return result
+
+
+@pytest.mark.parametrize("command", ["source-only", "oracle", "stage2"])
+def test_two_iteration_run_of_each_command(command, toy_args, tmp_path):
+    out = tmp_path / command
+    result = run_cli([command, "--preset", "smoke", "--out", str(out), "--quiet", *toy_args])
+    assert result.exit_code == 0, result.output
+    assert "best target mIoU" in result.output
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "best.pt", "checkpoints/last.pt"):
+        assert (out / name).exists(), name
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records if r["kind"] == "train"] == [1, 2]
+    assert any(r["kind"] == "val" for r in records)
+    best = load_checkpoint(out / "best.pt")
+    assert best["kind"] == "model" and best["model_meta"]["name"] == "tiny"
+    last = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert last["iteration"] == 2 and set(last["rng"]) >= {"torch", "python", "numpy"}
+    if command == "stage2":
+        assert {"model", "disc", "opt_seg", "opt_disc"} <= set(last["states"])
+        assert {"loss_seg_src", "loss_adv_trg", "loss_weight", "loss_d_src", "loss_d_trg"} <= set(records[0])
+
+
+def test_existing_run_is_not_overwritten(toy_args, tmp_path):
+    args = ["source-only", "--preset", "smoke", "--out", str(tmp_path / "so"), "--quiet", *toy_args]
+    assert run_cli(args).exit_code == 0
+    again = run_cli(args)
+    assert again.exit_code == 2 and "--resume" in again.output
+
+
+def _smoke_cfg(toy_data, iterations):
+    return load_config("smoke", overrides=[
+        f"data.source_root={toy_data / 'gta5'}", f"data.target_root={toy_data / 'cityscapes'}",
+        f"run.iterations={iterations}", "run.checkpoint_every=2", "run.eval_every=2"])
+
+
+def test_resume_matches_uninterrupted_run(toy_data, tmp_path, monkeypatch):
+    cfg = _smoke_cfg(toy_data, 4)
+    stage2.run(cfg, tmp_path / "full", quiet=True)
+
+    real_save = engine.save_training_state
+
+    def save_then_die(run_dir, iteration, *args):
+        real_save(run_dir, iteration, *args)
+        if iteration == 2:
+            raise KeyboardInterrupt  # the run is killed right after its iteration-2 checkpoint
+
+    monkeypatch.setattr(engine, "save_training_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        stage2.run(cfg, tmp_path / "killed", quiet=True)
+    monkeypatch.setattr(engine, "save_training_state", real_save)
+    stage2.run(cfg, tmp_path / "killed", resume=True, quiet=True)
+
+    full = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["states"]
+    resumed = load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")["states"]
+    for part in ("model", "disc"):
+        for key, value in full[part].items():
+            assert torch.equal(value, resumed[part][key]), f"{part}.{key}"
+
+
+def test_checkpoint_of_other_architecture_is_refused(toy_data, tmp_path):
+    cfg = _smoke_cfg(toy_data, 2)
+    stage2.run(cfg, tmp_path / "run", quiet=True)
+    other = load_config(None, overrides=["model.num_classes=7"], base=cfg)
+    with pytest.raises(engine.CirnError, match="num_classes"):
+        stage2.run(other, tmp_path / "run", resume=True, quiet=True)
+
+
+def test_nan_loss_stops_with_iteration_and_keeps_checkpoint(toy_data, tmp_path, monkeypatch):
+    cfg = _smoke_cfg(toy_data, 4)
+    real_step = stage2.train_step
+    calls = {"n": 0}
+
+    def step(*args, **kwargs):
+        calls["n"] += 1
+        losses = real_step(*args, **kwargs)
+        return {**losses, "loss_seg_src": float("nan")} if calls["n"] == 3 else losses
+
+    monkeypatch.setattr(stage2, "train_step", step)
+    with pytest.raises(engine.CirnError, match="iteration 3"):
+        stage2.run(cfg, tmp_path / "nan", quiet=True)
+    assert load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.pt")["iteration"] == 2
+
+
+def test_describe_prints_paper_counts():
+    result = run_cli(["describe", "--model", "deeplabv2-r101", "--height", "512", "--width", "1024"])
+    assert result.exit_code == 0
+    assert "43,901,068" in result.output and "2,781,121" in result.output

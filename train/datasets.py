@@ -1,0 +1,434 @@
+"""Dataset loaders in the on-disk layouts of ../shared/REFERENCE.md, normalisation, and the resumable batch stream.
+
+- CityscapesDataset: leftImg8bit/{split}/{city}/{name}_leftImg8bit.png, gtFine/{split}/{city}/{name}_gtFine_labelIds.png
+- GTA5Dataset: images/NNNNN.png, labels/NNNNN.png (palette PNG of Cityscapes labelIds)
+- SynthiaDataset: RGB/NNNNNNN.png, GT/LABELS/NNNNNNN.png (16-bit, class id in the R channel)
+The intermediate domain (translated source images) uses the source class with `label_root` = the source root.
+Every item is a dict: image (3, H, W) float, label (H, W) long trainIds with 255 ignore (unless with_labels=False),
+name (relative, for prediction files) and size (original (H, W)). Models never read configs: the `build_*`
+functions translate a DataConfig into these constructors.
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from . import labels
+from .errors import CirnError
+from .io import read_image, read_label
+
+# ---------------------------------------------------------------- normalisation
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on 0-1 values (torchvision weights)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)  # BGR, on 0-255 values (DeepLab-v2 caffe weights)
+NORMALIZATIONS = ("imagenet", "caffe", "tanh")  # tanh: [-1, 1] RGB, as CycleGAN generators expect
+
+
+def _check_normalization(mode):
+    if mode not in NORMALIZATIONS:
+        raise CirnError(f"unknown normalization {mode!r}: expected one of {', '.join(NORMALIZATIONS)}")
+
+
+def normalize(image, mode="imagenet"):
+    """(H, W, 3) uint8 RGB -> (3, H, W) float32 tensor in the convention of the backbone's weights."""
+    _check_normalization(mode)
+    image = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)  # (3, H, W) RGB 0-255
+    if mode == "imagenet":
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        return (image / 255.0 - mean) / std
+    if mode == "caffe":
+        return image.flip(0) - torch.tensor(CAFFE_MEAN_BGR).view(3, 1, 1)  # RGB -> BGR, 0-255, no std
+    return image / 127.5 - 1.0
+
+
+def denormalize(tensor, mode="imagenet"):
+    """Inverse of normalize: (3, H, W) or (B, 3, H, W) tensor -> (H, W, 3) or (B, H, W, 3) uint8 RGB numpy."""
+    _check_normalization(mode)
+    x = tensor.detach().float().cpu()
+    if mode == "imagenet":
+        x = (x * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) * 255.0
+    elif mode == "caffe":
+        x = (x + torch.tensor(CAFFE_MEAN_BGR).view(3, 1, 1)).flip(-3)  # BGR -> RGB
+    else:
+        x = (x + 1.0) * 127.5
+    x = x.clamp(0, 255).round().to(torch.uint8)
+    return x.movedim(-3, -1).numpy()
+
+
+# ---------------------------------------------------------------- shared dataset machinery
+def _resize(array, size, resample):
+    """Resize an (H, W[, 3]) uint8 array to size=(width, height) with PIL (bicubic images, nearest labels)."""
+    if (array.shape[1], array.shape[0]) == tuple(size):
+        return array
+    return np.asarray(Image.fromarray(array).resize(tuple(size), resample))
+
+
+def _map_ids(lut, ids, path):
+    """Dataset ids -> trainIds through a lookup table; ids beyond the table are a clear error."""
+    if ids.size and int(ids.max()) >= len(lut):
+        raise CirnError(f"label {path} holds id {int(ids.max())}, beyond the {len(lut)} ids of this dataset's "
+                        "format; is it the right kind of label file?")
+    return lut[ids]
+
+
+def _read_list(list_file):
+    """Non-empty, non-comment lines of a split list."""
+    path = Path(list_file)
+    if not path.is_file():
+        raise CirnError(f"list file {path} does not exist")
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    entries = [line for line in lines if line and not line.startswith("#")]
+    if not entries:
+        raise CirnError(f"list file {path} names no images")
+    return entries
+
+
+def _check_root(root, layout):
+    if not str(root):
+        raise CirnError(f"no dataset root given: expected a folder with {layout}")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise CirnError(f"dataset root {root} does not exist: expected a folder with {layout}")
+    return root
+
+
+class SegmentationDataset(Dataset):
+    """Loading, resizing, flipping and normalisation shared by the layouts; subclasses find samples and map labels.
+
+    `samples`: list of (name, image_path, label_path or None). `size`: (width, height) output size or None.
+    `label_size`: 'image' resizes labels (nearest) to the output image size (training); 'original' keeps them as
+    stored, so evaluation compares at full resolution. Indexing with an (index, seed) pair, as infinite_loader
+    does, draws the random flip from `seed` instead of torch's global RNG (exact resume, any number of workers).
+    """
+
+    def __init__(self, samples, size=None, flip=False, normalization="imagenet", label_size="image",
+                 with_labels=True, max_images=0):
+        _check_normalization(normalization)
+        if label_size not in ("image", "original"):
+            raise CirnError(f"label_size must be 'image' or 'original', got {label_size!r}")
+        if size is not None and (len(size) != 2 or min(size) < 1):
+            raise CirnError(f"size must be (width, height), got {size!r}")
+        self.samples = samples[:max_images] if max_images else samples
+        self.size = tuple(size) if size is not None else None
+        self.flip = flip
+        self.normalization = normalization
+        self.label_size = label_size
+        self.with_labels = with_labels
+
+    def __len__(self):
+        return len(self.samples)
+
+    def read_trainids(self, path):
+        """(H, W) uint8 trainIds (255 ignore) of one label file; the layout's own id mapping."""
+        raise NotImplementedError
+
+    def _flip_now(self, seed):
+        if not self.flip:
+            return False
+        if seed is None:
+            return bool(torch.rand(()) < 0.5)
+        return bool(np.random.default_rng(seed).random() < 0.5)
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        name, image_path, label_path = self.samples[index]
+        image = read_image(image_path)  # (H, W, 3) uint8 RGB
+        height, width = image.shape[:2]
+        if self.size is not None:
+            image = _resize(image, self.size, Image.BICUBIC)
+        flip = self._flip_now(seed)
+        if flip:
+            image = image[:, ::-1]
+        item = {"image": normalize(image, self.normalization), "name": name,
+                "size": torch.tensor([height, width])}
+        if self.with_labels:
+            label = self.read_trainids(label_path)  # (h, w) uint8; GTA5 labels may differ in size from the image
+            if self.label_size == "image":
+                label = _resize(label, (image.shape[1], image.shape[0]), Image.NEAREST)
+            if flip:
+                label = label[:, ::-1]
+            item["label"] = torch.from_numpy(label.astype(np.int64))  # (H, W)
+        return item
+
+
+# ---------------------------------------------------------------- Cityscapes (target)
+CITYSCAPES_SPLITS = ("train", "val", "test")
+CITYSCAPES_LAYOUT = ("the Cityscapes layout leftImg8bit/{split}/{city}/{name}_leftImg8bit.png and "
+                     "gtFine/{split}/{city}/{name}_gtFine_labelIds.png")
+CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit.png"
+CITYSCAPES_LABEL_SUFFIX = "_gtFine_labelIds.png"
+
+
+def cityscapes_split_dir(root, kind, split):
+    """root/{kind}/{split} (kind: leftImg8bit or gtFine), checked, with the valid and present splits on error."""
+    root = _check_root(root, CITYSCAPES_LAYOUT)
+    if split not in CITYSCAPES_SPLITS:
+        raise CirnError(f"unknown Cityscapes split {split!r} for {root / kind}: valid splits are "
+                        f"{', '.join(CITYSCAPES_SPLITS)}")
+    folder = root / kind / split
+    if not folder.is_dir():
+        present = [s for s in CITYSCAPES_SPLITS if (root / kind / s).is_dir()]
+        raise CirnError(f"{folder} does not exist (splits present: {', '.join(present) or 'none'}): expected "
+                        f"{CITYSCAPES_LAYOUT}")
+    return folder
+
+
+def cityscapes_label_files(root, split):
+    """Sorted [(name, label path)] of gtFine/{split}; name is 'city/city_000000_000019'."""
+    folder = cityscapes_split_dir(root, "gtFine", split)
+    files = sorted(folder.rglob("*" + CITYSCAPES_LABEL_SUFFIX))
+    if not files:
+        raise CirnError(f"no *{CITYSCAPES_LABEL_SUFFIX} files under {folder}: expected {CITYSCAPES_LAYOUT}")
+    return [(p.relative_to(folder).as_posix()[:-len(CITYSCAPES_LABEL_SUFFIX)], p) for p in files]
+
+
+class CityscapesDataset(SegmentationDataset):
+    """Cityscapes-layout images with labelIds mapped to trainIds; with_labels=False for the unlabelled train split."""
+
+    def __init__(self, root, split="train", size=None, list_file=None, with_labels=True, flip=False,
+                 normalization="imagenet", label_size="image", max_images=0):
+        image_dir = cityscapes_split_dir(root, "leftImg8bit", split)
+        label_dir = Path(root).expanduser() / "gtFine" / split
+        if list_file:
+            names = []
+            for entry in _read_list(list_file):
+                name = entry[:-len(CITYSCAPES_IMAGE_SUFFIX)] if entry.endswith(CITYSCAPES_IMAGE_SUFFIX) else entry
+                name = name[:-4] if name.endswith(".png") else name
+                if not (image_dir / (name + CITYSCAPES_IMAGE_SUFFIX)).is_file():
+                    raise CirnError(f"list file {list_file} names {entry!r} but "
+                                    f"{image_dir / (name + CITYSCAPES_IMAGE_SUFFIX)} does not exist")
+                names.append(name)
+        else:
+            files = sorted(image_dir.rglob("*" + CITYSCAPES_IMAGE_SUFFIX))
+            if not files:
+                raise CirnError(f"no *{CITYSCAPES_IMAGE_SUFFIX} images under {image_dir}: expected {CITYSCAPES_LAYOUT}")
+            names = [p.relative_to(image_dir).as_posix()[:-len(CITYSCAPES_IMAGE_SUFFIX)] for p in files]
+        samples = []
+        for name in names:
+            image_path = image_dir / (name + CITYSCAPES_IMAGE_SUFFIX)
+            label_path = label_dir / (name + CITYSCAPES_LABEL_SUFFIX)
+            if with_labels and not label_path.is_file():
+                raise CirnError(f"image {image_path} has no label: expected {label_path} "
+                                "(use with_labels=False for an unlabelled split)")
+            samples.append((name, image_path, label_path if with_labels else None))
+        super().__init__(samples, size=size, flip=flip, normalization=normalization, label_size=label_size,
+                         with_labels=with_labels, max_images=max_images)
+
+    def read_trainids(self, path):
+        return _map_ids(labels.LABELID_TO_TRAINID, read_label(path), path)
+
+
+# ---------------------------------------------------------------- GTA5 and SYNTHIA (source, intermediate)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # translated (intermediate) images may be JPEG; labels are always PNG
+
+
+class _FlatSourceDataset(SegmentationDataset):
+    """Source layouts: {image_dir}/{name}.png beside {label_dir}/{name}.png.
+
+    `label_root`: take labels from this root instead of `root`; an intermediate domain (translated source images)
+    holds only the image folder and borrows the source labels.
+    """
+    image_dir = ""
+    label_dir = ""
+    layout = ""
+
+    def __init__(self, root, size=None, list_file=None, with_labels=True, flip=False, normalization="imagenet",
+                 label_root=None, label_size="image", max_images=0):
+        root = _check_root(root, self.layout)
+        image_dir = root / self.image_dir
+        if not image_dir.is_dir():
+            raise CirnError(f"{image_dir} does not exist: expected {self.layout}")
+        label_dir = (Path(label_root).expanduser() if label_root else root) / self.label_dir
+        if with_labels and not label_dir.is_dir():
+            if label_root:
+                raise CirnError(f"label folder {label_dir} does not exist: label_root must be a source root with "
+                                f"{self.layout}")
+            raise CirnError(f"{root} has {self.image_dir}/ but no {self.label_dir}/: expected {self.layout}; for an "
+                            "intermediate-domain folder (translated images only) pass label_root = the source root")
+        if list_file:
+            image_paths = [self._listed_image(image_dir, entry, list_file) for entry in _read_list(list_file)]
+        else:
+            image_paths = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not image_paths:
+                raise CirnError(f"no images in {image_dir}: expected {self.layout}")
+        samples = []
+        for image_path in image_paths:
+            label_path = label_dir / (image_path.stem + ".png")
+            if with_labels and not label_path.is_file():
+                raise CirnError(f"image {image_path} has no label: expected {label_path}")
+            samples.append((image_path.stem, image_path, label_path if with_labels else None))
+        super().__init__(samples, size=size, flip=flip, normalization=normalization, label_size=label_size,
+                         with_labels=with_labels, max_images=max_images)
+
+    @staticmethod
+    def _listed_image(image_dir, entry, list_file):
+        stem = Path(entry).stem if Path(entry).suffix.lower() in IMAGE_SUFFIXES else entry
+        for suffix in IMAGE_SUFFIXES:
+            if (image_dir / (stem + suffix)).is_file():
+                return image_dir / (stem + suffix)
+        raise CirnError(f"list file {list_file} names {entry!r} but {image_dir / (stem + '.png')} does not exist")
+
+
+class GTA5Dataset(_FlatSourceDataset):
+    """GTA5: images/NNNNN.png with labels/NNNNN.png holding Cityscapes labelIds (palette PNG)."""
+    image_dir = "images"
+    label_dir = "labels"
+    layout = "the GTA5 layout images/NNNNN.png and labels/NNNNN.png"
+
+    def read_trainids(self, path):
+        return _map_ids(labels.LABELID_TO_TRAINID, read_label(path), path)  # palette indices are the labelIds
+
+
+class SynthiaDataset(_FlatSourceDataset):
+    """SYNTHIA-RAND-CITYSCAPES: RGB/NNNNNNN.png with GT/LABELS/NNNNNNN.png (16-bit, class id in R, instance in G)."""
+    image_dir = "RGB"
+    label_dir = "GT/LABELS"
+    layout = "the SYNTHIA layout RGB/NNNNNNN.png and GT/LABELS/NNNNNNN.png"
+
+    def read_trainids(self, path):
+        raw = read_label(path, unchanged=True)  # (H, W, 3) uint16 in RGB order
+        ids = raw[..., 0] if raw.ndim == 3 else raw
+        return _map_ids(labels.SYNTHIA_TO_TRAINID, ids, path)
+
+
+SOURCE_DATASETS = {"toy": GTA5Dataset, "gta5": GTA5Dataset, "synthia": SynthiaDataset}
+
+
+# ---------------------------------------------------------------- DataConfig -> datasets
+def _source_root(cfg_data):
+    if cfg_data.source_root:
+        return cfg_data.source_root
+    if cfg_data.source != "toy":
+        raise CirnError(f"data.source is {cfg_data.source!r} but no source root is set: pass --source-root "
+                        f"(or data.source_root=/path/to/{cfg_data.source})")
+    from .toy import ensure_toy
+    return ensure_toy().gta5  # the toy source uses the GTA5 layout
+
+
+def _target_root(cfg_data):
+    if cfg_data.target_root:
+        return cfg_data.target_root
+    if cfg_data.target != "toy":
+        raise CirnError(f"data.target is {cfg_data.target!r} but no target root is set: pass --target-root "
+                        "(or data.target_root=/path/to/cityscapes)")
+    from .toy import ensure_toy
+    return ensure_toy().cityscapes
+
+
+def build_source_dataset(cfg_data, normalization="imagenet", intermediate=True, with_labels=True, flip=None):
+    """Labelled source training set: GTA5/SYNTHIA/toy, or the intermediate domain when data.intermediate_root is set
+    (and `intermediate`): its images with the source labels. intermediate=False gives the raw source (stage 1)."""
+    cls = SOURCE_DATASETS[cfg_data.source]
+    source_root = _source_root(cfg_data)
+    root, label_root = source_root, None
+    if intermediate and cfg_data.intermediate_root:
+        root, label_root = cfg_data.intermediate_root, source_root
+    return cls(root, size=cfg_data.source_size, list_file=cfg_data.source_list or None, with_labels=with_labels,
+               flip=cfg_data.flip if flip is None else flip, normalization=normalization, label_root=label_root)
+
+
+def build_target_dataset(cfg_data, normalization="imagenet", with_labels=False, split="train", flip=None):
+    """Target training set (Cityscapes layout, train split): unlabelled for adaptation, labelled for the oracle."""
+    return CityscapesDataset(_target_root(cfg_data), split=split, size=cfg_data.target_size,
+                             list_file=cfg_data.target_list or None, with_labels=with_labels,
+                             flip=cfg_data.flip if flip is None else flip, normalization=normalization)
+
+
+def build_train_dataset(cfg_data, domain, normalization="imagenet", with_labels=True):
+    """'source' (intermediate domain when set) or 'target' training set; the target is labelled only if asked."""
+    if domain == "source":
+        return build_source_dataset(cfg_data, normalization, with_labels=with_labels)
+    if domain == "target":
+        return build_target_dataset(cfg_data, normalization, with_labels=with_labels)
+    raise CirnError(f"unknown training domain {domain!r}: expected 'source' or 'target'")
+
+
+def build_val_dataset(cfg_data, normalization="imagenet"):
+    """Target val split: images resized to data.target_size, labels kept at full resolution for the metric."""
+    return CityscapesDataset(_target_root(cfg_data), split=cfg_data.val_split, size=cfg_data.target_size,
+                             with_labels=True, flip=False, normalization=normalization, label_size="original",
+                             max_images=cfg_data.max_val_images)
+
+
+# ---------------------------------------------------------------- endless, resumable batches
+class _StreamBatchSampler:
+    """Batches of (index, augmentation seed) keys, cut from the endless stream of per-epoch permutations."""
+
+    def __init__(self, num_samples, batch_size, seed, position):
+        self.num_samples, self.batch_size, self.seed, self.position = num_samples, batch_size, seed, position
+
+    def __iter__(self):
+        epoch, offset = divmod(self.position, self.num_samples)
+        batch = []
+        while True:
+            order, aug_seeds = epoch_order(self.seed, epoch, self.num_samples)
+            for i in range(offset, self.num_samples):
+                batch.append((int(order[i]), int(aug_seeds[i])))
+                if len(batch) == self.batch_size:
+                    yield batch
+                    batch = []
+            epoch, offset = epoch + 1, 0
+
+
+def epoch_order(seed, epoch, num_samples):
+    """(permutation, per-sample augmentation seeds) of one epoch: a pure function of (seed, epoch)."""
+    rng = np.random.default_rng((seed, epoch))
+    return rng.permutation(num_samples), rng.integers(0, 2**63 - 1, size=num_samples)
+
+
+class InfiniteLoader:
+    """Endless batches over `dataset`, reshuffled every epoch, resumable exactly.
+
+    The sample stream is epoch 0's permutation, then epoch 1's, ...; each permutation and the seeds of each sample's
+    random flip come from np.random.default_rng((seed, epoch)). Batches are consecutive runs of `batch_size` items
+    of that stream, so a batch may straddle two epochs and a dataset smaller than a batch still works. The whole
+    state is {seed, position}, position = samples handed out so far: a restored loader replays the same stream
+    from there, whatever num_workers is and whatever else consumed the global RNG.
+    """
+
+    def __init__(self, dataset, batch_size, seed=0, num_workers=0, position=0, pin_memory=False):
+        if len(dataset) == 0:
+            raise CirnError("cannot draw batches from an empty dataset")
+        if batch_size < 1:
+            raise CirnError(f"batch size must be at least 1, got {batch_size}")
+        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+        self.pin_memory = pin_memory
+        self.seed, self.position = seed, position
+        self._batches = None
+
+    @property
+    def epoch(self):
+        return self.position // len(self.dataset)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._batches is None:  # created lazily, so load_state_dict before the first batch costs nothing
+            sampler = _StreamBatchSampler(len(self.dataset), self.batch_size, self.seed, self.position)
+            # An own generator: DataLoader would otherwise draw its worker base seed from the global RNG and
+            # shift the model's random stream whenever the loader (re)starts, e.g. after a resume.
+            generator = torch.Generator().manual_seed(self.seed)
+            self._batches = iter(DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.num_workers,
+                                            pin_memory=self.pin_memory, generator=generator))
+        batch = next(self._batches)
+        self.position += self.batch_size
+        return batch
+
+    def state_dict(self):
+        return {"seed": self.seed, "position": self.position}
+
+    def load_state_dict(self, state):
+        self.seed, self.position = int(state["seed"]), int(state["position"])
+        self._batches = None  # workers prefetch ahead: restart the stream at the restored position
+
+
+def infinite_loader(dataset, batch_size, seed=0, num_workers=0, state=None, pin_memory=False):
+    """An InfiniteLoader (iterate with next()); `state` = a previous loader's state_dict() to resume from."""
+    loader = InfiniteLoader(dataset, batch_size, seed=seed, num_workers=num_workers, pin_memory=pin_memory)
+    if state is not None:
+        loader.load_state_dict(state)
+    return loader

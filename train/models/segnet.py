@@ -1,0 +1,142 @@
+"""CIRN's segmentation network: backbone, classifier C and the Ancillary Classifier Module (ACM).
+
+    logits_c   = C(f)                                  f = backbone(x), (B, C_in, h, w)
+    logits_acm = ACM(f) = cls_acm(f)                                    when K = 0
+                        = sum_k cls_acm((1 + a_k(f)) * f)               otherwise
+    prediction = logits_c + logits_acm                 (the fused network: evaluation and export)
+"""
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .acm import AttentionModule, default_attention_scales
+from .heads import DEEPLAB_DILATIONS, ASPPClassifier
+
+# Input normalisation a backbone's weights expect; the data pipeline, checkpoints and export read model.normalization.
+#   imagenet: RGB, /255, minus mean (0.485, 0.456, 0.406), divided by std (0.229, 0.224, 0.225)  (torchvision)
+#   caffe:    BGR, 0-255, minus mean (104.00698793, 116.66876762, 122.67891434), no std  (DeepLab init file)
+NORMALIZATIONS = ("imagenet", "caffe")
+
+
+class SegOutput(NamedTuple):
+    logits_c: torch.Tensor    # (B, C, h, w) classifier C, at feature resolution
+    logits_acm: torch.Tensor  # (B, C, h, w) ancillary classifier module
+    attention: torch.Tensor   # (B, K, h, w) attention maps in [0, 1]; K = 0 gives (B, 0, h, w)
+
+
+class SegNet(nn.Module):
+    """(B, 3, H, W) -> SegOutput at the backbone's feature resolution; `fused(x)` -> (B, C, h, w).
+
+    backbone: (B, 3, H, W) -> (B, out_channels, h, w), with attributes `out_channels`, `output_stride`, `name` and
+        `imagenet_weights()` (torchvision weights enum or None; used by load_pretrained).
+    head_dilations: the ASPP dilations of C and of the ACM classifier (DeepLab-v2's at output stride 8).
+    attention_scales: pooling window s_k of each attention module, in feature pixels; default 2, 4, 8, ...
+    freeze_bn: BatchNorm of the backbone keeps its pretrained statistics and affine parameters (batch 1 training).
+    """
+
+    def __init__(self, backbone, num_classes, num_attention=2, attention_scales=None,
+                 head_dilations=DEEPLAB_DILATIONS, freeze_bn=True, normalization="imagenet"):
+        super().__init__()
+        if attention_scales is None:
+            attention_scales = default_attention_scales(num_attention)
+        if len(attention_scales) != num_attention:
+            raise ValueError(f"{num_attention} attention modules need {num_attention} scales, got {attention_scales}")
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.classifier_c = ASPPClassifier(backbone.out_channels, num_classes, head_dilations)
+        self.classifier_acm = ASPPClassifier(backbone.out_channels, num_classes, head_dilations)
+        self.attention = nn.ModuleList(AttentionModule(backbone.out_channels, s) for s in attention_scales)
+        self.freeze_bn = freeze_bn
+        self.register_buffer("normalization_index", torch.zeros((), dtype=torch.long))
+        self.normalization = normalization
+        if freeze_bn:
+            for module in self._batchnorms():
+                for p in module.parameters():
+                    p.requires_grad_(False)
+
+    @property
+    def num_attention(self):
+        return len(self.attention)
+
+    @property
+    def output_stride(self):
+        return self.backbone.output_stride
+
+    def _batchnorms(self):
+        return [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def train(self, mode=True):
+        """As nn.Module.train, but frozen BatchNorm layers stay in eval mode (running statistics untouched)."""
+        super().train(mode)
+        if self.freeze_bn:
+            for module in self._batchnorms():
+                module.eval()
+        return self
+
+    def backbone_parameters(self):
+        return [p for p in self.backbone.parameters() if p.requires_grad]
+
+    def head_parameters(self):
+        """C, the ACM classifier and the attention convs: the new layers, trained at 10x the backbone lr."""
+        heads = (self.classifier_c, self.classifier_acm, self.attention)
+        return [p for head in heads for p in head.parameters() if p.requires_grad]
+
+    def _heads(self, features):
+        logits_c = self.classifier_c(features)
+        if self.num_attention == 0:
+            return logits_c, self.classifier_acm(features), []
+        maps = [module(features) for module in self.attention]       # K x (B, 1, h, w)
+        logits_acm = self.classifier_acm((1 + maps[0]) * features)
+        for a in maps[1:]:
+            logits_acm = logits_acm + self.classifier_acm((1 + a) * features)
+        return logits_c, logits_acm, maps
+
+    def forward(self, x):
+        features = self.backbone(x)
+        logits_c, logits_acm, maps = self._heads(features)
+        if maps:
+            attention = torch.cat(maps, dim=1)
+        else:
+            attention = features.new_zeros(features.shape[0], 0, *features.shape[2:])
+        return SegOutput(logits_c, logits_acm, attention)
+
+    def fused(self, x):
+        """(B, 3, H, W) -> (B, C, h, w) logits_c + logits_acm: the prediction evaluated and exported."""
+        logits_c, logits_acm, _ = self._heads(self.backbone(x))
+        return logits_c + logits_acm
+
+    # The input convention is stored as an index buffer so that it travels inside state_dict(): every checkpoint
+    # restores it with the weights. (A string in get_extra_state() would too, but breaks torch.jit.trace, which the
+    # TorchScript ONNX exporter uses.)
+    @property
+    def normalization(self):
+        return NORMALIZATIONS[int(self.normalization_index)]
+
+    @normalization.setter
+    def normalization(self, value):
+        if value not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {value!r}")
+        self.normalization_index.fill_(NORMALIZATIONS.index(value))
+
+
+class FusedSegNet(nn.Module):
+    """Inference view of a SegNet for evaluation and export: (B, 3, H, W) -> (B, C, h, w) fused logits.
+
+    Shares the SegNet's modules (no copy); one tensor out, no dicts, no data-dependent control flow.
+    """
+
+    def __init__(self, segnet):
+        super().__init__()
+        self.segnet = segnet
+
+    @property
+    def normalization(self):
+        return self.segnet.normalization
+
+    @property
+    def output_stride(self):
+        return self.segnet.output_stride
+
+    def forward(self, x):
+        return self.segnet.fused(x)
