@@ -50,6 +50,7 @@ setup(
         "console_scripts": [
             "cirn-data=cirn.cli:data_main",
             "cirn-eval=cirn.cli:eval_main",
+            "cirn-export=cirn.cli:export_main",
             "cirn-train=cirn.cli:train_main",
         ],
     },

@@ -159,6 +159,20 @@ def train_stage2(intermediate, preset, config_file, overrides, out, resume, quie
     print_summary(stage2.run(cfg, run_dir, resume=resume, quiet=quiet))
 
 
+@train_main.command("stage3", help="Self-training: class-balanced pseudo labels of the target train split from a "
+                                   "stage-2 model, then fine-tuning on them (stage3.rounds rounds).")
+@click.option("--model", "init", type=click.Path(dir_okay=False), required=True,
+              help="Stage-2 checkpoint to start from (its best.pt).")
+@run_options
+@user_errors
+def train_stage3(init, preset, config_file, overrides, out, resume, quiet, **data):
+    from cirn.train import stage3
+    cfg, run_dir = resolve_run("stage3", preset, config_file, overrides, out, resume, **data)
+    result = stage3.run(cfg, run_dir, init=init, resume=resume, quiet=quiet)
+    click.echo(f"best target mIoU {result['best_miou']:.2f} after {len(result['rounds'])} round(s) -> "
+               f"{result['best']}")
+
+
 @train_main.command("describe", help="Parameter counts and forward GFLOPs of a model.")
 @click.option("--model", "name", default="deeplabv2-r101", show_default=True,
               type=click.Choice(["deeplabv2-r101", "deeplabv2-r50", "mobilenetv3", "tiny"]))
@@ -170,3 +184,83 @@ def train_stage2(intermediate, preset, config_file, overrides, out, resume, quie
 def train_describe(name, num_classes, num_attention, height, width):
     from cirn.train.models import describe
     click.echo(describe(name, num_classes=num_classes, height=height, width=width, num_attention=num_attention))
+
+
+@train_main.command("stage1", help="Build the intermediate domain: train a CycleGAN with the semantic-consistency "
+                                   "loss of a frozen source-only model and translate the source (--cir cyclegan), "
+                                   "or translate with FDA, no training (--cir fda).")
+@click.option("--cir", type=click.Choice(["cyclegan", "fda"]), default=None,
+              help="How to build the intermediate domain [preset's: cyclegan].")
+@click.option("--beta", type=float, default=None, help="FDA low-frequency band, fraction of min(h, w) [0.01].")
+@click.option("--seg-model", type=click.Path(dir_okay=False), default=None,
+              help="Source-only segmentation checkpoint (best.pt of `cirn-train source-only`): the frozen f_S.")
+@click.option("--intermediate-out", type=click.Path(file_okay=False), default=None,
+              help="Where the intermediate domain goes [default: OUT/intermediate].")
+@run_options
+@user_errors
+def train_stage1(cir, beta, seg_model, intermediate_out, preset, config_file, overrides, out, resume, quiet, **data):
+    from pathlib import Path
+
+    from cirn.train import stage1
+    from cirn.train.config import merge
+    cfg, run_dir = resolve_run("stage1", preset, config_file, overrides, out, resume, **data)
+    flags = {"cir": cir, "beta": beta, "seg_checkpoint": str(Path(seg_model).resolve()) if seg_model else None}
+    cfg = merge(cfg, {"stage1": {k: v for k, v in flags.items() if v is not None}})
+    result = stage1.run(cfg, run_dir, resume=resume, quiet=quiet, intermediate_out=intermediate_out)
+    if result["training"] is not None:
+        click.echo(f"stage 1 ({result['method']}): {result['training']['iterations']} iterations -> "
+                   f"{result['run_dir']}/checkpoints/last.pt")
+    click.echo(f"intermediate domain ({result['method']}, {result['count']} images) -> {result['intermediate']}")
+    click.echo(f"next: cirn-train stage2 --intermediate {result['intermediate']}")
+
+
+# ---------------------------------------------------------------- cirn-export
+@click.command(help="Export a trained model for deployment: one graph from RGB frames to a label map (normalisation, "
+                    "C + ACM, upsampling and argmax inside), as ONNX (FP32, optional FP16 and INT8) and/or TensorRT "
+                    "engines. Every variant is checked against PyTorch on target images; below its parity floor the "
+                    "export fails and writes nothing. CHECKPOINT defaults to the newest best.pt under ./runs.")
+@click.argument("checkpoint", required=False, type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder [default: export/ beside the checkpoint].")
+@click.option("--fp16", is_flag=True, help="Also export FP16 (ONNX with half weights and activations).")
+@click.option("--int8", is_flag=True, help="Also export INT8 (static Q/DQ, per-channel, calibrated on target images).")
+@click.option("--calib", type=click.Path(file_okay=False), default=None,
+              help="INT8 calibration images: a Cityscapes root (train split) or an image folder "
+                   "[default: the target train split].")
+@click.option("--calib-images", type=int, default=32, show_default=True, help="INT8 calibration images to use.")
+@click.option("--dynamic", is_flag=True, help="Dynamic batch, height and width (else fixed 1 x 3 x H x W).")
+@click.option("--height", type=int, default=None, help="Input height [default: the run's data.target_size].")
+@click.option("--width", type=int, default=None, help="Input width [default: the run's data.target_size].")
+@click.option("--output", type=click.Choice(["labels", "probs", "logits"]), default="labels", show_default=True,
+              help="labels: uint8 (B, H, W) trainIds; probs: softmax (B, C, H, W); logits: (B, C, H, W).")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "tensorrt", "all"]), default="onnx", show_default=True,
+              help="tensorrt needs the tensorrt package and a CUDA GPU.")
+@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True,
+              help="torch.onnx exporter: dynamo (opset 18) or the legacy TorchScript one (opset 17).")
+@click.option("--input-dtype", type=click.Choice(["uint8", "float32"]), default="uint8", show_default=True,
+              help="Type of the graph's frames input (values 0-255 either way).")
+@click.option("--parity-root", type=click.Path(file_okay=False), default=None,
+              help="Cityscapes root whose val split checks parity [default: the run's target root, else the toy].")
+@click.option("--parity-images", type=int, default=20, show_default=True, help="Images in the parity check.")
+@click.option("--parity-floor-fp16", type=float, default=98.0, show_default=True,
+              help="Minimum % of FP16 labels equal to PyTorch FP32's (FP32 must reach 99.9).")
+@click.option("--parity-floor-int8", type=float, default=95.0, show_default=True,
+              help="Minimum % of INT8 labels equal to PyTorch FP32's.")
+@click.option("--simplify", is_flag=True, help="Simplify the graph with onnxslim or onnxsim when installed.")
+@click.option("--max-batch", type=int, default=4, show_default=True,
+              help="Largest batch of a dynamic TensorRT optimisation profile.")
+@click.option("--quiet", is_flag=True, help="Print only the written files and errors.")
+@click.version_option(__version__)
+@user_errors
+def export_main(checkpoint, out, fp16, int8, calib, calib_images, dynamic, height, width, output, fmt, exporter,
+                input_dtype, parity_root, parity_images, parity_floor_fp16, parity_floor_int8, simplify, max_batch,
+                quiet):
+    from cirn.export import export_checkpoint
+    result = export_checkpoint(
+        checkpoint, out, height=height, width=width, output=output, dynamic=dynamic, fp16=fp16, int8=int8,
+        fmt=fmt, exporter=exporter, input_dtype=input_dtype, simplify=simplify, parity_root=parity_root,
+        parity_images=parity_images, calib=calib, calib_images=calib_images,
+        floors={"fp16": parity_floor_fp16, "int8": parity_floor_int8}, max_batch=max_batch,
+        log=None if quiet else (lambda message: click.echo(message, err=True)))
+    for path in result["files"]:
+        click.echo(path)

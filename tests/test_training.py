@@ -100,3 +100,38 @@ def test_describe_prints_paper_counts():
     result = run_cli(["describe", "--model", "deeplabv2-r101", "--height", "512", "--width", "1024"])
     assert result.exit_code == 0
     assert "43,901,068" in result.output and "2,781,121" in result.output
+
+
+def test_pseudo_label_thresholds_by_hand():
+    import numpy as np
+
+    from cirn.train.stage3 import BINS, class_thresholds, pseudo_labels
+    hist = np.zeros((3, BINS), dtype=np.int64)
+    hist[0, [500, 600, 700, 800, 900]] = 1  # class 0: confidences 0.5 .. 0.9, one pixel each
+    hist[1, 950] = 4                        # class 1: four pixels at 0.95; class 2: never predicted
+    cbst = class_thresholds(hist, "cbst", portion=0.4)
+    assert cbst[0] == pytest.approx(0.8) and cbst[1] == pytest.approx(0.95) and cbst[2] == 1.0
+    fda = class_thresholds(hist, "fda", percentile=50, max_threshold=0.9)
+    assert fda[0] == pytest.approx(0.7) and fda[1] == pytest.approx(0.9) and fda[2] == pytest.approx(0.9)
+
+    probs = torch.tensor([[0.85, 0.60, 0.2], [0.10, 0.30, 0.2], [0.05, 0.10, 0.6]])[:, None, :]  # (C=3, 1, 3)
+    labels = pseudo_labels(probs, np.array([0.8, 0.25, 0.5]), "cbst")
+    # pixel 0: 0.85/0.8 > 1 -> class 0; pixel 1: ratios 0.75, 1.2, 0.2 -> class 1; pixel 2: 0.25, 0.8, 1.2 -> 2
+    assert labels.tolist() == [[0, 1, 2]]
+    labels = pseudo_labels(probs, np.array([0.9, 0.25, 0.5]), "fda")
+    assert labels.tolist() == [[255, 255, 2]]  # 0.85 and 0.6 (both class 0) under 0.9; 0.6 >= 0.5 for class 2
+
+
+def test_stage3_smoke_and_resume_by_round(toy_args, tmp_path):
+    s2 = tmp_path / "s2"
+    assert run_cli(["stage2", "--preset", "smoke", "--out", str(s2), "--quiet", *toy_args]).exit_code == 0
+    args = ["stage3", "--model", str(s2 / "best.pt"), "--preset", "smoke", "--out", str(tmp_path / "s3"), "--quiet",
+            *toy_args, "stage3.rounds=2"]
+    result = run_cli(args)
+    assert result.exit_code == 0, result.output
+    pseudo = tmp_path / "s3" / "round1" / "pseudo"
+    summary = json.loads((pseudo / "summary.json").read_text())
+    assert summary["images"] == 8 and len(list(pseudo.rglob("*_gtFine_labelIds.png"))) == 8
+    assert (tmp_path / "s3" / "round2" / "best.pt").exists()
+    again = run_cli(args + ["--resume"])
+    assert again.exit_code == 0 and again.output.count("already finished") == 2

@@ -29,6 +29,8 @@ class DataConfig:
     """Target dataset root (Cityscapes layout); empty = the built-in toy target."""
     intermediate_root: str = ""
     """Intermediate domain (translated source, source layout); replaces the source images when set."""
+    pseudo_root: str = ""
+    """Pseudo labels of the target train split in the Cityscapes layout (gtFine/train/...), written by stage 3."""
     source_list: str = ""
     """Optional text file of source image names (one per line); default: every pair found, sorted."""
     target_list: str = ""
@@ -135,12 +137,99 @@ class RunConfig:
 
 
 @dataclass
+class Stage1Config:
+    """Stage 1: the intermediate domain (content-invariant representation), by CycleGAN or FDA."""
+    cir: str = "cyclegan"
+    """How the intermediate domain is built: cyclegan (trained S <-> T translation, the paper's) | fda (training-free
+    Fourier amplitude swap)."""
+    iterations: int = 0
+    """CycleGAN training iterations; 0 = run.iterations. Non-zero replaces run.iterations in the stage-1 run (its
+    saved config shows the value used), so one config file can size stage 1 and the segmentation stages apart."""
+    crop_size: tuple = (1024, 512)
+    """(width, height) random crop of the resized source and target images for training; multiples of 4 that fit
+    in data.source_size and data.target_size. Translation runs on the whole resized source image."""
+    ngf: int = 64
+    """Generator base width (junyanz: 64)."""
+    ndf: int = 64
+    """PatchGAN base width (junyanz: 64)."""
+    n_blocks: int = 9
+    """Residual blocks of each generator (junyanz: 9)."""
+    gan_mode: str = "lsgan"
+    """GAN objective: lsgan (MSE, CycleGAN's default) | vanilla (log loss / BCE, the paper's formulation)."""
+    lambda_cycle: float = 10.0
+    """Weight of each cycle-consistency L1 term."""
+    lambda_identity: float = 0.5
+    """Identity L1 weight as a fraction of lambda_cycle (junyanz: 0.5); 0 disables the identity terms."""
+    lambda_sem: float = 1.0
+    """Weight of the semantic-consistency CE of the frozen source model on G(x_s); 0 trains a plain CycleGAN."""
+    seg_checkpoint: str = ""
+    """Source-only segmentation checkpoint (best.pt of `cirn-train source-only`): the frozen f_S of L_sem."""
+    lr: float = 2e-4
+    """Adam learning rate of the generators and the discriminators."""
+    betas: tuple = (0.5, 0.999)
+    """Adam betas."""
+    decay_start: float = 0.5
+    """Fraction of the iterations at constant lr; the lr then decays linearly to 0 (junyanz: half and half)."""
+    pool_size: int = 50
+    """Generated images kept in each discriminator's history pool; 0 = no pool."""
+    beta: float = 0.01
+    """FDA: half-width of the swapped low-frequency band as a fraction of min(h, w) (FDA: 0.01, 0.05, 0.09)."""
+
+    def __post_init__(self):
+        _check_choice("stage1.cir", self.cir, ("cyclegan", "fda"))
+        _check_choice("stage1.gan_mode", self.gan_mode, ("lsgan", "vanilla"))
+        crop = tuple(self.crop_size)
+        if len(crop) != 2 or min(crop) < 16 or crop[0] % 4 or crop[1] % 4:
+            raise CirnError(f"stage1.crop_size must be [width, height], multiples of 4 and at least 16, got "
+                            f"{list(crop)}")
+        self.crop_size = crop
+        if self.iterations < 0 or self.pool_size < 0 or self.ngf < 1 or self.ndf < 1 or self.n_blocks < 0:
+            raise CirnError("stage1.iterations, pool_size and n_blocks must be >= 0, ngf and ndf >= 1")
+        if min(self.lambda_cycle, self.lambda_identity, self.lambda_sem, self.lr) < 0:
+            raise CirnError("stage1.lambda_* and stage1.lr must be >= 0")
+        if not 0 <= self.decay_start <= 1:
+            raise CirnError(f"stage1.decay_start must be in [0, 1], got {self.decay_start}")
+        if not 0 <= self.beta < 0.5:
+            raise CirnError(f"stage1.beta must be in [0, 0.5), got {self.beta}")
+
+
+@dataclass
+class Stage3Config:
+    policy: str = "cbst"
+    """Pseudo-label thresholds per class: 'cbst' (top-portion confidence, label = argmax(prob / threshold)) or
+    'fda' (min(max_threshold, percentile of the confidences of pixels predicted as the class))."""
+    rounds: int = 1
+    """Self-training rounds: pseudo-label with the current model, fine-tune, repeat."""
+    portion: float = 0.2
+    """cbst: share of each class's most confident pixels kept in round 1."""
+    portion_step: float = 0.05
+    """cbst: the share grows by this much each round ..."""
+    portion_max: float = 0.5
+    """... up to this."""
+    percentile: float = 66.0
+    """fda: per-class confidence percentile used as threshold."""
+    max_threshold: float = 0.9
+    """fda: thresholds are capped at this."""
+    iterations: int = 0
+    """Fine-tuning iterations per round (0 = run.iterations)."""
+
+    def __post_init__(self):
+        _check_choice("stage3.policy", self.policy, ("cbst", "fda"))
+        if not 0 < self.portion <= 1 or not 0 < self.portion_max <= 1:
+            raise CirnError("stage3.portion and stage3.portion_max must be in (0, 1]")
+        if self.rounds < 1:
+            raise CirnError(f"stage3.rounds must be at least 1, got {self.rounds}")
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage3: Stage3Config = field(default_factory=Stage3Config)
 
 
 def _check_choice(key, value, choices):

@@ -189,9 +189,10 @@ class CityscapesDataset(SegmentationDataset):
     """Cityscapes-layout images with labelIds mapped to trainIds; with_labels=False for the unlabelled train split."""
 
     def __init__(self, root, split="train", size=None, list_file=None, with_labels=True, flip=False,
-                 normalization="imagenet", label_size="image", max_images=0):
+                 normalization="imagenet", label_size="image", max_images=0, label_root=None):
         image_dir = cityscapes_split_dir(root, "leftImg8bit", split)
-        label_dir = Path(root).expanduser() / "gtFine" / split
+        # label_root: labels from another Cityscapes-layout root (stage 3's pseudo labels), images from `root`.
+        label_dir = Path(label_root or root).expanduser() / "gtFine" / split
         if list_file:
             names = []
             for entry in _read_list(list_file):
@@ -343,7 +344,13 @@ def build_train_dataset(cfg_data, domain, normalization="imagenet", with_labels=
         return build_source_dataset(cfg_data, normalization, with_labels=with_labels)
     if domain == "target":
         return build_target_dataset(cfg_data, normalization, with_labels=with_labels)
-    raise CirnError(f"unknown training domain {domain!r}: expected 'source' or 'target'")
+    if domain == "pseudo":
+        if not cfg_data.pseudo_root:
+            raise CirnError("training on pseudo labels needs data.pseudo_root (written by cirn-train stage3)")
+        return CityscapesDataset(_target_root(cfg_data), "train", size=cfg_data.target_size,
+                                 list_file=cfg_data.target_list or None, flip=cfg_data.flip,
+                                 normalization=normalization, label_root=cfg_data.pseudo_root)
+    raise CirnError(f"unknown training domain {domain!r}: expected 'source', 'target' or 'pseudo'")
 
 
 def build_val_dataset(cfg_data, normalization="imagenet"):

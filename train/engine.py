@@ -326,9 +326,21 @@ def load_model(path, device="cpu"):
     model_cfg = ModelConfig(name=meta["name"], num_classes=meta["num_classes"],
                             num_attention=meta["num_attention"], width=meta.get("width", 16))
     model = build_model(model_cfg, load_weights=False)
+    _load_weights(model, state, path)
+    return model.to(device).eval(), state
+
+
+def init_from_checkpoint(model, path, model_cfg):
+    """Start a run from the weights of an earlier stage's checkpoint (same architecture and classes)."""
+    state = load_checkpoint(path)
+    check_model_meta(state["model_meta"], model_cfg, path)
+    _load_weights(model, state, path)
+    return state
+
+
+def _load_weights(model, state, path):
     weights = state["model"] if state.get("kind") == "model" else state["states"]["model"]
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
-        raise CirnError(f"checkpoint {path} does not match its own model description: {err}") from None
-    return model.to(device).eval(), state
+        raise CirnError(f"checkpoint {path} does not fit the model it describes: {err}") from None

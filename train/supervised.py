@@ -2,7 +2,7 @@
 domain, when data.intermediate_root is set). One loop: segmentation CE on the fused C + ACM logits."""
 
 from .datasets import build_train_dataset, build_val_dataset, infinite_loader
-from .engine import (BestKeeper, autocast, poly_lr, prepare_run_dir, resolve_device, seed_everything,
+from .engine import (BestKeeper, autocast, init_from_checkpoint, poly_lr, prepare_run_dir, resolve_device, seed_everything,
                      seg_optimizer, set_lr, train_loop)
 from .losses import seg_loss
 from .models import build_model
@@ -20,12 +20,15 @@ def train_step(model, optimizer, images, labels, amp_ctx):
     return {"loss_seg": loss_seg.item()}
 
 
-def run(cfg, run_dir, domain="source", resume=False, quiet=False):
-    """Train on labelled `domain` ('source', or 'target' for the oracle); returns the run summary."""
+def run(cfg, run_dir, domain="source", resume=False, quiet=False, init=None):
+    """Train on labelled `domain` ('source'; 'target' for the oracle; 'pseudo' for stage 3's pseudo labels),
+    from `init` (an earlier stage's checkpoint) when given; returns the run summary."""
     run_dir = prepare_run_dir(run_dir, cfg, resume)
     device = resolve_device(cfg.run.device)
     seed_everything(cfg.run.seed)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, load_weights=init is None)
+    if init is not None:
+        init_from_checkpoint(model, init, cfg.model)
     model.to(device).train()
     optimizer = seg_optimizer(model, cfg.optim)
     train_set = build_train_dataset(cfg.data, domain, model.normalization)
@@ -39,7 +42,7 @@ def run(cfg, run_dir, domain="source", resume=False, quiet=False):
         labels = batch["label"].to(device, non_blocking=True)  # (B, H, W)
         return train_step(model, optimizer, images, labels, amp_ctx)
 
-    desc = {"source": "source-only", "target": "oracle"}[domain]
+    desc = {"source": "source-only", "target": "oracle", "pseudo": "self-training"}[domain]
     if cfg.data.intermediate_root and domain == "source":
         desc = "cir (source-only on intermediate)"
     return train_loop(cfg, run_dir, {"model": model, "optimizer": optimizer}, {"batches": batches},

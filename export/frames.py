@@ -1,0 +1,64 @@
+"""Target images as the deployed graph sees them: (3, H, W) uint8 RGB frames, with labels for the parity check.
+
+Images are resized as the training and evaluation datasets resize them (PIL bicubic to (W, H)); labels stay at
+their stored resolution, as the official protocol scores them.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cirn.train.datasets import CityscapesDataset, IMAGE_SUFFIXES
+from cirn.train.errors import CirnError
+from cirn.train.io import read_image
+
+
+@dataclass
+class Frame:
+    name: str
+    image: np.ndarray         # (3, H, W) uint8 RGB at the graph's input size
+    label: np.ndarray = None  # (h, w) uint8 trainIds at the label's own size (255 ignore), or None
+
+
+def to_frame(image, size):
+    """(H0, W0, 3) uint8 RGB -> (3, H, W) uint8 at size=(width, height), bicubic as the datasets resize."""
+    if (image.shape[1], image.shape[0]) != tuple(size):
+        image = np.asarray(Image.fromarray(image).resize(tuple(size), Image.BICUBIC))
+    return np.ascontiguousarray(image.transpose(2, 0, 1))
+
+
+def _spread(items, limit):
+    """At most `limit` items spread evenly over the list (a sample of the whole split, not its first city)."""
+    if limit <= 0 or len(items) <= limit:
+        return list(items)
+    step = len(items) / limit
+    return [items[int(i * step)] for i in range(limit)]
+
+
+def cityscapes_frames(root, split, size, limit, with_labels=True):
+    """Up to `limit` frames of a Cityscapes-layout split at size=(width, height), labels when with_labels."""
+    dataset = CityscapesDataset(root, split=split, with_labels=with_labels, label_size="original")
+    frames = []
+    for name, image_path, label_path in _spread(dataset.samples, limit):
+        label = dataset.read_trainids(label_path) if with_labels else None
+        frames.append(Frame(name, to_frame(read_image(image_path), size), label))
+    return frames
+
+
+def calibration_frames(source, size, limit, default_root=None):
+    """Unlabelled frames for INT8 calibration at size=(width, height).
+
+    source: a Cityscapes root (its train split, else val), or any folder of images (searched recursively);
+    None: the train split of `default_root` (the target root).
+    """
+    root = Path(source).expanduser() if source else Path(default_root)
+    if not root.is_dir():
+        raise CirnError(f"calibration folder {root} does not exist")
+    if (root / "leftImg8bit").is_dir():
+        split = "train" if (root / "leftImg8bit" / "train").is_dir() else "val"
+        return cityscapes_frames(root, split, size, limit, with_labels=False)
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise CirnError(f"no images (png, jpg) under {root} to calibrate INT8 on")
+    return [Frame(p.stem, to_frame(read_image(p), size)) for p in _spread(paths, limit)]

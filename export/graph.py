@@ -1,0 +1,79 @@
+"""The deployed graph: plain RGB frames in, a label map (or probabilities, or logits) out, all in one module.
+
+    frames (B, 3, H, W) RGB 0-255, uint8 or float
+      -> normalisation of the backbone's weights (model.normalization)
+      -> SegNet.fused: C + ACM logits at feature resolution         (the module evaluation scores)
+      -> bilinear upsampling to (H, W)                               (models.upsample, as evaluation)
+      -> labels (B, H, W) uint8 | probs (B, C, H, W) | logits (B, C, H, W)
+
+Everything a runtime would otherwise have to re-implement (and could get subtly wrong) lives in the graph.
+"""
+import torch
+from torch import nn
+
+from cirn.train.datasets import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD
+from cirn.train.errors import CirnError
+from cirn.train.models import upsample
+
+OUTPUTS = ("labels", "probs", "logits")
+
+
+def normalization_constants(normalization):
+    """(mean, scale, bgr) such that normalize(x) = ((x[BGR] if bgr else x) - mean) * scale for x in 0-255.
+
+    Exactly datasets.normalize: imagenet (x / 255 - m) / s = (x - 255 m) / (255 s); caffe: BGR, minus the mean.
+    """
+    if normalization == "imagenet":
+        mean = [255.0 * m for m in IMAGENET_MEAN]
+        scale = [1.0 / (255.0 * s) for s in IMAGENET_STD]
+        return mean, scale, False
+    if normalization == "caffe":
+        return list(CAFFE_MEAN_BGR), [1.0, 1.0, 1.0], True
+    raise CirnError(f"cannot export normalization {normalization!r}: expected imagenet or caffe")
+
+
+class DeployModel(nn.Module):
+    """(B, 3, H, W) RGB frames 0-255 (uint8 or float) -> `output` at the input resolution.
+
+    segnet: the SegNet evaluation uses (its `fused` method and `normalization` are what is exported).
+    output: 'labels' (B, H, W) uint8 trainIds (argmax in the graph: H x W bytes to copy back instead of
+        C x H x W floats), 'probs' (B, C, H, W) float softmax, or 'logits' (B, C, H, W) float.
+    """
+
+    def __init__(self, segnet, output="labels"):
+        super().__init__()
+        if output not in OUTPUTS:
+            raise CirnError(f"unknown output {output!r}: expected one of {', '.join(OUTPUTS)}")
+        if output == "labels" and segnet.num_classes > 256:
+            raise CirnError(f"a uint8 label map holds at most 256 classes, the model has {segnet.num_classes}; "
+                            "export probs or logits instead")
+        self.segnet = segnet
+        self.output = output
+        self.normalization = segnet.normalization
+        self.num_classes = segnet.num_classes
+        mean, scale, self.bgr = normalization_constants(self.normalization)
+        # Not persistent: derived from model.normalization, never part of a state dict.
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_scale", torch.tensor(scale).view(1, 3, 1, 1), persistent=False)
+        self.eval()
+
+    def normalize(self, frames):
+        """(B, 3, H, W) RGB 0-255 -> (B, 3, H, W) float in the convention of the backbone's weights."""
+        x = frames.float()
+        if self.bgr:
+            x = x.flip(1)  # RGB -> BGR, the channel order of the caffe weights
+        return (x - self.pixel_mean) * self.pixel_scale
+
+    def logits(self, frames):
+        """(B, 3, H, W) frames -> (B, C, H, W) fused C + ACM logits, upsampled to the frame size."""
+        logits = self.segnet.fused(self.normalize(frames))  # (B, C, h, w)
+        return upsample(logits, frames.shape[-2:])  # (B, C, H, W)
+
+    def forward(self, frames):
+        logits = self.logits(frames)  # (B, C, H, W)
+        if self.output == "labels":
+            # ONNX ArgMax yields int64: cast in the graph so the runtime copies back 1 byte per pixel, not 8.
+            return logits.argmax(dim=1).to(torch.uint8)  # (B, H, W)
+        if self.output == "probs":
+            return logits.softmax(dim=1)  # (B, C, H, W)
+        return logits

@@ -1,0 +1,225 @@
+"""cirn-export as a library: a checkpoint -> ONNX (FP32, FP16, INT8) and TensorRT engines, each checked against
+PyTorch before anything is kept.
+
+Everything is written to a temporary folder inside `out` and moved into place only once every variant has passed
+its parity floor; a failure (parity, a missing library, Ctrl-C) leaves `out` as it was.
+"""
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from cirn import __version__
+from cirn.train.errors import CirnError
+
+from .frames import calibration_frames, cityscapes_frames
+from .graph import OUTPUTS, DeployModel
+from .onnx_export import (DEFAULT_EXPORTER, INPUT_NAME, OPSETS, check_onnx, export_onnx, read_metadata,
+                          simplify_onnx, write_metadata)
+from .parity import OnnxRunner, check_parity, format_parity, require_parity, save_report
+from .precision import convert_fp16, quantize_int8
+
+FORMATS = ("onnx", "tensorrt", "all")
+ONNX_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+REPORT_NAME = "parity.json"
+
+
+def find_latest_checkpoint(runs_dir="runs"):
+    """The newest best.pt (by modification time) anywhere under runs_dir: the latest run's best model."""
+    runs_dir = Path(runs_dir)
+    found = sorted(runs_dir.rglob("best.pt"), key=lambda p: p.stat().st_mtime) if runs_dir.is_dir() else []
+    if not found:
+        raise CirnError(f"no checkpoint given and no best.pt under {runs_dir}/: train a model first "
+                        "(cirn-train stage2), or pass the checkpoint to export")
+    return found[-1]
+
+
+def model_metadata(model, state, checkpoint, output, height, width, dynamic, input_dtype, exporter, precision):
+    """What a runtime needs to use an exported model without the checkpoint (stored in the ONNX and engine JSON)."""
+    from cirn.train.engine import config_digest, config_of_checkpoint
+    from cirn.train.evaluate import class_names
+    from cirn.train.labels import PALETTE
+    num_classes = model.num_classes
+    palette = PALETTE.tolist()[:num_classes] if num_classes <= len(PALETTE) else None
+    return {
+        "format_version": 1,
+        "cirn_version": __version__,
+        "model": state["model_meta"]["name"],
+        "num_classes": num_classes,
+        "class_names": list(class_names(num_classes)),
+        "palette": palette,  # RGB per trainId; None when the model has more classes than Cityscapes
+        "normalization": model.normalization,
+        "input": {"name": INPUT_NAME, "dtype": input_dtype, "layout": "NCHW", "channels": "RGB",
+                  "range": [0, 255]},
+        "input_size": [height, width],
+        "output_stride": model.output_stride,
+        "dynamic": dynamic,
+        "output": output,
+        "output_name": output,
+        "output_dtype": "uint8" if output == "labels" else "float32",
+        "precision": precision,
+        "source_checkpoint": str(Path(checkpoint).resolve()),
+        "config_digest": state.get("config_digest") or config_digest(config_of_checkpoint(state)),
+        "exporter": exporter,
+        "opset": OPSETS[exporter],
+    }
+
+
+def second_size(height, width, multiple=8):
+    """Another input size (3/4 of each side, rounded to the output stride) to prove a dynamic graph at."""
+    def scaled(n):
+        return max(2 * multiple, round(n * 0.75 / multiple) * multiple)
+    size = (scaled(height), scaled(width))
+    return size if size != (height, width) else (height + 2 * multiple, width + 2 * multiple)
+
+
+def export_checkpoint(checkpoint=None, out=None, *, height=None, width=None, output="labels", dynamic=False,
+                      fp16=False, int8=False, fmt="onnx", exporter=DEFAULT_EXPORTER, input_dtype="uint8",
+                      simplify=False, parity_root=None, parity_images=20, calib=None, calib_images=32,
+                      calibrate_method="minmax", floors=None, max_batch=4, runs_dir="runs", log=None):
+    """Export a checkpoint and check every variant against PyTorch; returns {'out', 'files', 'parity'}.
+
+    checkpoint: a cirn checkpoint (best.pt); None = the newest best.pt under runs_dir.
+    out: output folder; None = `export/` beside the checkpoint.
+    height, width: the graph's input size; None = the run's data.target_size. dynamic: symbolic batch/height/width
+        (parity then also runs at a second size, batch 2).
+    output: 'labels' (uint8 map), 'probs' or 'logits'. fmt: 'onnx', 'tensorrt' (engines only) or 'all'.
+    fp16, int8: also export these precisions (ONNX, and engines with TensorRT). INT8 calibrates on `calib_images`
+        frames from `calib` (a Cityscapes root or an image folder; None = the target train split).
+    parity_root: Cityscapes root whose val split scores parity (None = the run's target root, else the toy
+        target); parity_images: how many images. floors: {'fp32'|'fp16'|'int8': minimum label agreement %}.
+    max_batch: largest batch of a dynamic TensorRT profile. log: a callable for progress lines (None = silent).
+    """
+    log = log or (lambda message: None)
+    if fmt not in FORMATS:
+        raise CirnError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if output not in OUTPUTS:
+        raise CirnError(f"unknown output {output!r}: expected one of {', '.join(OUTPUTS)}")
+    if calib and not int8:
+        raise CirnError("--calib chooses INT8 calibration images: it needs --int8")
+    if parity_images < 1 or calib_images < 1:
+        raise CirnError("--parity-images and --calib-images must be at least 1")
+    trt = None
+    if fmt in ("tensorrt", "all"):
+        from .tensorrt import require_tensorrt
+        trt = require_tensorrt()  # before any work: a missing library or GPU writes nothing
+
+    from cirn.train.engine import load_model
+    checkpoint = Path(checkpoint) if checkpoint else find_latest_checkpoint(runs_dir)
+    model, state = load_model(checkpoint)
+    data_cfg = state["config"].get("data", {})
+    default_width, default_height = data_cfg.get("target_size", (256, 128))
+    height, width = int(height or default_height), int(width or default_width)
+    if min(height, width) < 8:
+        raise CirnError(f"the input size must be at least 8x8 pixels, got {height}x{width}")
+    out = Path(out) if out else checkpoint.parent / "export"
+    precisions = ["fp32"] + (["fp16"] if fp16 else []) + (["int8"] if int8 else [])
+
+    if parity_root is None:
+        parity_root = data_cfg.get("target_root") or None
+    if parity_root is None:
+        from cirn.train.toy import ensure_toy
+        parity_root = ensure_toy().cityscapes
+    split = data_cfg.get("val_split", "val")
+    frames = cityscapes_frames(parity_root, split, (width, height), parity_images)
+    calib_frames = calibration_frames(calib, (width, height), calib_images, parity_root) if int8 else []
+    deploy = DeployModel(model, output)
+    sizes = [(height, width)] + ([second_size(height, width, model.output_stride)] if dynamic else [])
+    batch = 2 if dynamic else 1
+    protocol = data_cfg.get("protocol", 19)
+
+    created_out = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    except OSError as err:
+        raise CirnError(f"cannot write to the export folder {out}: {err.strerror}") from None
+    try:
+        onnx_files = {}
+        for precision in precisions:
+            path = tmp / ONNX_NAMES[precision]
+            if precision == "fp32":
+                log(f"exporting {checkpoint} to ONNX ({exporter} exporter, opset {OPSETS[exporter]}, "
+                    f"{height}x{width}{', dynamic batch/height/width' if dynamic else ''}, {output} output)")
+                export_onnx(deploy, path, height, width, dynamic=dynamic, exporter=exporter,
+                            input_dtype=input_dtype)
+                if simplify:
+                    simplify_onnx(path, log)
+            elif precision == "fp16":
+                log("converting to FP16")
+                convert_fp16(onnx_files["fp32"], path)
+            else:
+                log(f"quantising to INT8 (Q/DQ, per-channel, {calibrate_method} calibration on "
+                    f"{len(calib_frames)} target images)")
+                quantize_int8(onnx_files["fp32"], path, [f.image for f in calib_frames], calibrate_method,
+                              work_dir=tmp)
+            check_onnx(path)
+            write_metadata(path, model_metadata(model, state, checkpoint, output, height, width, dynamic,
+                                                input_dtype, exporter, precision))
+            onnx_files[precision] = path
+
+        log(f"checking parity on {len(frames)} images of {parity_root} ({split})")
+        variants = [{"name": f"onnx-{p}", "precision": p, "file": ONNX_NAMES[p], "runner": OnnxRunner(path)}
+                    for p, path in onnx_files.items()]
+        report = check_parity(deploy, variants, frames, sizes, protocol, floors, batch)
+        keep = list(ONNX_NAMES[p] for p in precisions) if fmt in ("onnx", "all") else []
+        if trt is not None and report["passed"]:
+            engine_report, engine_files = _export_engines(trt, deploy, onnx_files, precisions, tmp, out, frames,
+                                                          calib_frames, sizes, protocol, floors, batch, dynamic,
+                                                          max_batch, height, width, log)
+            report["rows"] += engine_report["rows"]
+            report["passed"] = report["passed"] and engine_report["passed"]
+            keep += engine_files
+        report.update(checkpoint=str(checkpoint), root=str(parity_root), split=split,
+                      int8_vs_fp32=_int8_summary(report, sizes[0]))
+        log(format_parity(report))
+        require_parity(report)
+        save_report(report, tmp / REPORT_NAME)
+        keep.append(REPORT_NAME)
+        for name in keep:
+            os.replace(tmp / name, out / name)
+        log(f"wrote {', '.join(keep)} to {out}")
+        return {"out": str(out), "files": [str(out / name) for name in keep], "parity": report}
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created_out and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _export_engines(trt, deploy, onnx_files, precisions, tmp, out, frames, calib_frames, sizes, protocol, floors,
+                    batch, dynamic, max_batch, height, width, log):
+    """Build one engine per precision into tmp, check them like the ONNX files; returns (report, file names)."""
+    from .tensorrt import (ENGINE_NAMES, TIMING_CACHE_NAME, TensorRTRunner, build_engine, engine_onnx,
+                           profile_shapes, trt_generation, write_engine_metadata)
+    generation = trt_generation(trt.__version__)
+    profile = profile_shapes(height, width, dynamic, max_batch=max_batch, multiple=deploy.segnet.output_stride)
+    timing_cache = tmp / TIMING_CACHE_NAME
+    if (out / TIMING_CACHE_NAME).is_file():
+        shutil.copyfile(out / TIMING_CACHE_NAME, timing_cache)  # earlier builds' tactic timings
+    files, variants = [TIMING_CACHE_NAME], []
+    for precision in precisions:
+        source = engine_onnx(precision, generation, onnx_files)
+        engine = tmp / ENGINE_NAMES[precision]
+        info = build_engine(source, engine, precision, profile, [f.image for f in calib_frames], timing_cache,
+                            log=log)
+        metadata = read_metadata(source)
+        sidecar = write_engine_metadata(engine, metadata, info)
+        files += [engine.name, sidecar.name] + ([info["calibration_cache"]] if info["calibration_cache"] else [])
+        variants.append({"name": f"trt-{precision}", "precision": precision, "file": engine.name,
+                         "runner": TensorRTRunner(engine, deploy.output)})
+    return check_parity(deploy, variants, frames, sizes, protocol, floors, batch), files
+
+
+def _int8_summary(report, size):
+    """INT8 vs FP32 ONNX at the export size: speed-up on this CPU and the mIoU change; None without INT8."""
+    rows = {r["name"]: r for r in report["rows"] if tuple(r["size"]) == tuple(size)}
+    fp32, int8 = rows.get("onnx-fp32"), rows.get("onnx-int8")
+    if not fp32 or not int8:
+        return None
+    return {"fp32_ms": fp32.get("latency_ms"), "int8_ms": int8.get("latency_ms"),
+            "speedup": fp32["latency_ms"] / int8["latency_ms"] if int8.get("latency_ms") else None,
+            "miou_fp32": fp32["miou_export"], "miou_int8": int8["miou_export"],
+            "miou_change": int8["miou_export"] - fp32["miou_export"]}

@@ -1,0 +1,155 @@
+"""Stage 3, self-training: class-balanced pseudo labels for the target train split, then fine-tuning on them.
+
+Thresholds come from per-class histograms of the prediction confidence over the whole split (1,000 bins), so the
+memory stays flat on the full Cityscapes train set: one pass collects the histograms, a second writes the labels.
+Pseudo labels are written as Cityscapes labelId PNGs (ignored pixels -> 0, "unlabeled"), so the ordinary Cityscapes
+loader reads them back with the images of the target root.
+"""
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import labels as L
+from . import supervised
+from .datasets import build_target_dataset
+from .engine import load_model, resolve_device
+from .errors import CirnError
+from .io import atomic_write_text, write_png
+from .models import upsample
+
+BINS = 1000
+
+
+def class_thresholds(histograms, policy, portion=0.2, percentile=66.0, max_threshold=0.9):
+    """Per-class confidence thresholds from (C, BINS) histograms of max-probabilities of pixels predicted c.
+
+    cbst: the confidence above which the top `portion` of class c's pixels lie. fda: min(max_threshold,
+    `percentile`-th percentile). A class never predicted gets threshold 1 (cbst) / max_threshold (fda).
+    """
+    assert histograms.ndim == 2 and histograms.shape[1] == BINS
+    quantile = 1 - portion if policy == "cbst" else percentile / 100
+    cumulative = np.cumsum(histograms, axis=1)  # (C, BINS)
+    totals = cumulative[:, -1]
+    thresholds = np.ones(len(histograms)) if policy == "cbst" else np.full(len(histograms), max_threshold)
+    for c in np.flatnonzero(totals):
+        bin_index = int(np.searchsorted(cumulative[c], quantile * totals[c], side="right"))
+        thresholds[c] = min(bin_index, BINS - 1) / BINS  # lower edge of the bin holding the quantile
+    if policy == "fda":
+        thresholds = np.minimum(thresholds, max_threshold)
+    return thresholds
+
+
+def pseudo_labels(probs, thresholds, policy):
+    """(C, H, W) probabilities -> (H, W) uint8 trainIds with 255 where the prediction is not confident enough."""
+    assert probs.ndim == 3 and probs.shape[0] == len(thresholds)
+    thr = torch.as_tensor(thresholds, dtype=probs.dtype, device=probs.device).clamp_min(1e-6)[:, None, None]
+    if policy == "cbst":
+        scores, labels = (probs / thr).max(dim=0)  # (H, W): label = argmax(prob / threshold)
+        keep = scores >= 1
+    else:
+        conf, labels = probs.max(dim=0)
+        keep = conf >= thr[labels, 0, 0]
+    labels = labels.to(torch.uint8)
+    labels[~keep] = L.IGNORE_INDEX
+    return labels.cpu().numpy()
+
+
+@torch.no_grad()
+def _predict(model, dataset, device):
+    """Yield (name, (C, H, W) probabilities at the image's original size) over the dataset."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False)
+    for batch in loader:
+        logits = model.fused(batch["image"].to(device))  # (1, C, h, w)
+        height, width = (int(v) for v in batch["size"][0])
+        yield batch["name"][0], F.softmax(upsample(logits.float(), (height, width)), dim=1)[0]
+
+
+def generate(model_path, cfg, out_dir, portion, device=None, quiet=False):
+    """Write pseudo labels of the target train split to `out_dir` (Cityscapes layout); returns the summary dict.
+
+    Resumable: a finished folder (summary.json present) is returned as is.
+    """
+    out_dir = Path(out_dir)
+    summary_path = out_dir / "summary.json"
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    device = device or resolve_device(cfg.run.device)
+    model, _ = load_model(model_path, device)
+    dataset = build_target_dataset(cfg.data, model.normalization, with_labels=False, flip=False)
+    s3 = cfg.stage3
+    num_classes = cfg.model.num_classes
+
+    histograms = np.zeros((num_classes, BINS), dtype=np.int64)
+    for _, probs in _predict(model, dataset, device):
+        conf, pred = probs.max(dim=0)
+        bins = (conf * BINS).long().clamp_(max=BINS - 1)
+        histograms += torch.bincount(pred.flatten() * BINS + bins.flatten(),
+                                     minlength=num_classes * BINS).view(num_classes, BINS).cpu().numpy()
+    thresholds = class_thresholds(histograms, s3.policy, portion, s3.percentile, s3.max_threshold)
+
+    kept = np.zeros(num_classes, dtype=np.int64)
+    total = 0
+    for name, probs in _predict(model, dataset, device):
+        trainids = pseudo_labels(probs, thresholds, s3.policy)
+        kept += np.bincount(trainids[trainids != L.IGNORE_INDEX], minlength=num_classes)[:num_classes]
+        total += trainids.size
+        write_png(out_dir / "gtFine" / "train" / f"{name}_gtFine_labelIds.png", L.TRAINID_TO_LABELID[trainids])
+    names = L.CLASS_NAMES[:num_classes]
+    summary = {
+        "model": str(model_path), "policy": s3.policy, "portion": portion, "images": len(dataset),
+        "labelled_share": float(kept.sum() / max(total, 1)),
+        "classes": {n: {"threshold": round(float(t), 4), "predicted_pixels": int(h.sum()), "kept_pixels": int(k),
+                        "coverage": float(k / max(total, 1))}
+                    for n, t, h, k in zip(names, thresholds, histograms, kept)},
+    }
+    atomic_write_text(summary_path, json.dumps(summary, indent=2))  # written last: marks the folder complete
+    if not quiet:
+        print(format_summary(summary))
+    return summary
+
+
+def format_summary(summary):
+    lines = [f"pseudo labels ({summary['policy']}, portion {summary['portion']:.2f}): {summary['images']} images, "
+             f"{100 * summary['labelled_share']:.1f}% of pixels labelled",
+             f"{'class':<14}{'threshold':>10}{'coverage %':>12}"]
+    for name, c in summary["classes"].items():
+        lines.append(f"{name:<14}{c['threshold']:>10.3f}{100 * c['coverage']:>12.2f}")
+    return "\n".join(lines)
+
+
+def run(cfg, run_dir, init, resume=False, quiet=False):
+    """Self-training rounds from the stage-2 checkpoint `init`; each round pseudo-labels, then fine-tunes.
+
+    Rounds already finished are skipped (say so); an interrupted round continues with --resume.
+    """
+    if not init or not Path(init).is_file():
+        raise CirnError(f"stage 3 starts from a stage-2 checkpoint: --model {init} does not exist "
+                        "(train one with `cirn-train stage2`, then pass its best.pt)")
+    run_dir = Path(run_dir)
+    s3 = cfg.stage3
+    model_path, summaries = Path(init), []
+    for r in range(s3.rounds):
+        round_dir = run_dir / f"round{r + 1}"
+        portion = min(s3.portion + r * s3.portion_step, s3.portion_max)
+        pseudo = generate(model_path, cfg, round_dir / "pseudo", portion, quiet=quiet)
+        done = round_dir / "summary.json"
+        if done.exists():
+            print(f"stage 3 round {r + 1}: already finished, skipping ({done})")
+            summary = json.loads(done.read_text())
+        else:
+            round_cfg = dataclasses.replace(
+                cfg, data=dataclasses.replace(cfg.data, pseudo_root=str(round_dir / "pseudo")),
+                run=dataclasses.replace(cfg.run, iterations=s3.iterations or cfg.run.iterations))
+            in_progress = (round_dir / "checkpoints" / "last.pt").exists()
+            summary = supervised.run(round_cfg, round_dir, domain="pseudo", resume=resume and in_progress,
+                                     quiet=quiet, init=model_path)
+        summaries.append({"round": r + 1, "pseudo_labelled_share": pseudo["labelled_share"], **summary})
+        model_path = round_dir / "best.pt"
+    result = {"run_dir": str(run_dir), "rounds": summaries, "best_miou": summaries[-1]["best_miou"],
+              "best_iteration": summaries[-1]["best_iteration"], "best": str(model_path)}
+    atomic_write_text(run_dir / "summary.json", json.dumps(result, indent=2))
+    return result
