@@ -91,8 +91,11 @@ def simplify_onnx(path, log=None):
     model = onnx.load(str(path))
     try:
         import onnxslim
-        simplified = onnxslim.slim(model)
     except ImportError:
+        onnxslim = None
+    if onnxslim is not None:
+        simplified = onnxslim.slim(model)
+    else:
         try:
             import onnxsim
         except ImportError:

@@ -11,6 +11,7 @@ Floors (percent of pixels whose label matches PyTorch FP32):
 - int8 95: 8-bit activations move logits by a few percent of their range; boundary pixels flip (mmdeploy reports
   +-1 mIoU for int8 segmentation). Under 95 the calibration set or the quantised layers need attention.
 """
+import os
 import statistics
 import time
 
@@ -116,7 +117,7 @@ def _labels_of(output, kind):
 
 def _score(confusion, labels, frames):
     """Add (B, H, W) labels to a confusion matrix, nearest-resized to each frame's label size."""
-    for pred, frame in zip(labels, frames):
+    for pred, frame in zip(labels, frames, strict=True):
         pred = torch.from_numpy(np.ascontiguousarray(pred)).float()[None, None]  # (1, 1, H, W)
         if tuple(pred.shape[-2:]) != frame.label.shape:
             pred = F.interpolate(pred, size=frame.label.shape, mode="nearest")
@@ -203,12 +204,12 @@ def _fmt(value, width, spec):
 
 def format_parity(report):
     """The report as a table: one line per variant and size."""
-    header = (f"{'variant':<14}{'size':>10}{'batch':>6}{'agree %':>10}{'max|dlogit|':>13}{'mIoU torch':>12}"
+    header = (f"{'variant':<20}{'size':>10}{'batch':>6}{'agree %':>10}{'max|dlogit|':>13}{'mIoU torch':>12}"
               f"{'mIoU export':>13}{'ms/frame':>10}{'floor':>7}  ok")
     lines = [f"parity vs PyTorch FP32 on {report['images']} target images ({report['output']} output, "
              f"{report['protocol']}-class mIoU):", header, "-" * len(header)]
     for r in report["rows"]:
-        lines.append(f"{r['name']:<14}{r['size'][0]:>5}x{r['size'][1]:<4}{r['batch']:>6}"
+        lines.append(f"{r['name']:<20}{r['size'][0]:>5}x{r['size'][1]:<4}{r['batch']:>6}"
                      f"{r['label_agreement']:>10.3f}{_fmt(r['max_abs_logit_diff'], 13, '.2e')}"
                      f"{r['miou_torch']:>12.2f}{r['miou_export']:>13.2f}{_fmt(r.get('latency_ms'), 10, '.2f')}"
                      f"{r['floor']:>7.1f}  {'yes' if r['passed'] else 'NO'}")
@@ -216,5 +217,6 @@ def format_parity(report):
 
 
 def save_report(report, path):
-    """Write parity.json (NaN mIoUs become null)."""
+    """Write parity.json (NaN mIoUs become null), readable by all like the models beside it."""
     save_json(report, path)
+    os.chmod(path, 0o644)

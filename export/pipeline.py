@@ -17,10 +17,13 @@ from .graph import OUTPUTS, DeployModel
 from .onnx_export import (DEFAULT_EXPORTER, INPUT_NAME, OPSETS, check_onnx, export_onnx, read_metadata,
                           simplify_onnx, write_metadata)
 from .parity import OnnxRunner, check_parity, format_parity, require_parity, save_report
-from .precision import convert_fp16, quantize_int8
+from .precision import convert_fp16, quantization_metadata, quantize_int8
 
 FORMATS = ("onnx", "tensorrt", "all")
-ONNX_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+# variant -> (precision, file). Two INT8 graphs: ONNX Runtime's CPU kernels want uint8 activations, TensorRT's
+# explicit quantisation symmetric int8 ones (precision.quantize_int8); the second is made only for TensorRT.
+ONNX_VARIANTS = {"fp32": ("fp32", "model.onnx"), "fp16": ("fp16", "model.fp16.onnx"),
+                 "int8": ("int8", "model.int8.onnx"), "int8-tensorrt": ("int8", "model.int8.tensorrt.onnx")}
 REPORT_NAME = "parity.json"
 
 
@@ -34,7 +37,8 @@ def find_latest_checkpoint(runs_dir="runs"):
     return found[-1]
 
 
-def model_metadata(model, state, checkpoint, output, height, width, dynamic, input_dtype, exporter, precision):
+def model_metadata(model, state, checkpoint, output, height, width, dynamic, input_dtype, exporter, precision,
+                   quantization=None):
     """What a runtime needs to use an exported model without the checkpoint (stored in the ONNX and engine JSON)."""
     from cirn.train.engine import config_digest, config_of_checkpoint
     from cirn.train.evaluate import class_names
@@ -62,6 +66,7 @@ def model_metadata(model, state, checkpoint, output, height, width, dynamic, inp
         "config_digest": state.get("config_digest") or config_digest(config_of_checkpoint(state)),
         "exporter": exporter,
         "opset": OPSETS[exporter],
+        "quantization": quantization,  # how an INT8 graph was quantised (precision.quantization_metadata)
     }
 
 
@@ -114,6 +119,7 @@ def export_checkpoint(checkpoint=None, out=None, *, height=None, width=None, out
         raise CirnError(f"the input size must be at least 8x8 pixels, got {height}x{width}")
     out = Path(out) if out else checkpoint.parent / "export"
     precisions = ["fp32"] + (["fp16"] if fp16 else []) + (["int8"] if int8 else [])
+    keys = precisions + (["int8-tensorrt"] if int8 and trt is not None else [])
 
     if parity_root is None:
         parity_root = data_cfg.get("target_root") or None
@@ -136,33 +142,36 @@ def export_checkpoint(checkpoint=None, out=None, *, height=None, width=None, out
         raise CirnError(f"cannot write to the export folder {out}: {err.strerror}") from None
     try:
         onnx_files = {}
-        for precision in precisions:
-            path = tmp / ONNX_NAMES[precision]
-            if precision == "fp32":
+        for key in keys:
+            precision, name = ONNX_VARIANTS[key]
+            path, quantization = tmp / name, None
+            if key == "fp32":
                 log(f"exporting {checkpoint} to ONNX ({exporter} exporter, opset {OPSETS[exporter]}, "
                     f"{height}x{width}{', dynamic batch/height/width' if dynamic else ''}, {output} output)")
                 export_onnx(deploy, path, height, width, dynamic=dynamic, exporter=exporter,
                             input_dtype=input_dtype)
                 if simplify:
                     simplify_onnx(path, log)
-            elif precision == "fp16":
+            elif key == "fp16":
                 log("converting to FP16")
                 convert_fp16(onnx_files["fp32"], path)
             else:
-                log(f"quantising to INT8 (Q/DQ, per-channel, {calibrate_method} calibration on "
-                    f"{len(calib_frames)} target images)")
+                target = "tensorrt" if key == "int8-tensorrt" else "cpu"
+                log(f"quantising to INT8 for {'TensorRT' if target == 'tensorrt' else 'CPUs'} (Q/DQ, per-channel, "
+                    f"{calibrate_method} calibration on {len(calib_frames)} target images)")
                 quantize_int8(onnx_files["fp32"], path, [f.image for f in calib_frames], calibrate_method,
-                              work_dir=tmp)
+                              work_dir=tmp, target=target)
+                quantization = quantization_metadata(target, calibrate_method, len(calib_frames))
             check_onnx(path)
             write_metadata(path, model_metadata(model, state, checkpoint, output, height, width, dynamic,
-                                                input_dtype, exporter, precision))
-            onnx_files[precision] = path
+                                                input_dtype, exporter, precision, quantization))
+            onnx_files[key] = path
 
         log(f"checking parity on {len(frames)} images of {parity_root} ({split})")
-        variants = [{"name": f"onnx-{p}", "precision": p, "file": ONNX_NAMES[p], "runner": OnnxRunner(path)}
-                    for p, path in onnx_files.items()]
+        variants = [{"name": f"onnx-{key}", "precision": ONNX_VARIANTS[key][0], "file": path.name,
+                     "runner": OnnxRunner(path)} for key, path in onnx_files.items()]
         report = check_parity(deploy, variants, frames, sizes, protocol, floors, batch)
-        keep = list(ONNX_NAMES[p] for p in precisions) if fmt in ("onnx", "all") else []
+        keep = [path.name for path in onnx_files.values()] if fmt in ("onnx", "all") else []
         if trt is not None and report["passed"]:
             engine_report, engine_files = _export_engines(trt, deploy, onnx_files, precisions, tmp, out, frames,
                                                           calib_frames, sizes, protocol, floors, batch, dynamic,

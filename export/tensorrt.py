@@ -59,13 +59,14 @@ def trt_generation(version):
 
 def engine_onnx(precision, generation, onnx_files):
     """The ONNX file an engine of `precision` is built from: TensorRT 10 builds every precision from the FP32 graph
-    (builder flags choose the kernels); TensorRT 11 needs the graph that carries the precision.
+    (builder flags choose the kernels); TensorRT 11 needs the graph that carries the precision: FP16 casts, or
+    the symmetric Q/DQ graph for INT8.
 
-    onnx_files: {'fp32': path, 'fp16': path, 'int8': path} (those exported).
+    onnx_files: {'fp32': path, 'fp16': path, 'int8-tensorrt': path, ...}, those exported.
     """
     if precision not in PRECISIONS:
         raise CirnError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    key = "fp32" if generation < 11 else precision
+    key = "fp32" if generation < 11 else {"fp32": "fp32", "fp16": "fp16", "int8": "int8-tensorrt"}[precision]
     if key not in onnx_files:
         raise CirnError(f"a TensorRT {generation} {precision} engine is built from the {key} ONNX graph, which "
                         "was not exported")
@@ -111,9 +112,9 @@ def ort_tensorrt_providers(precision, profile, cache_dir, generation=10, input_n
     """Providers for onnxruntime.InferenceSession (onnxruntime-gpu) running an exported graph through TensorRT.
 
     Engines and tactic timings are cached in cache_dir, so only the first session for a shape profile builds.
-    Load it with the ONNX file `engine_onnx(precision, generation, ...)` names, except for INT8 on TensorRT 10:
-    ONNX Runtime then builds from the Q/DQ graph (model.int8.onnx) with trt_int8_enable (explicit quantisation,
-    no calibration table). On TensorRT 11 the precision flags are gone and the graph alone decides.
+    Load it with the ONNX file `ort_tensorrt_onnx` names: the FP32 graph with trt_fp16_enable for FP16 on
+    TensorRT 10, the symmetric Q/DQ graph (model.int8.tensorrt.onnx) for INT8 on either generation (explicit
+    quantisation: no calibration table). On TensorRT 11 the precision flags are gone and the graph alone decides.
     CUDA is the fallback for any node TensorRT rejects.
     """
     options = {

@@ -13,6 +13,7 @@ from cirn.cli import export_main
 from cirn.export import DeployModel, export_checkpoint, find_latest_checkpoint, read_metadata, write_metadata
 from cirn.export.onnx_export import export_onnx
 from cirn.export.parity import OnnxRunner
+from cirn.export.precision import quantize_int8
 from cirn.export.tensorrt import (engine_onnx, ort_tensorrt_onnx, ort_tensorrt_providers, profile_shapes,
                                   shape_string, trt_generation)
 from cirn.train.datasets import normalize
@@ -121,6 +122,32 @@ def test_metadata_round_trip(dynamic_export, checkpoint):
         assert meta["source_checkpoint"] == str(checkpoint.resolve())
         assert meta["config_digest"] == state["config_digest"]
         assert meta["exporter"] == "dynamo" and meta["opset"] == 18
+
+
+@pytest.mark.parametrize("target, activation_type", [("cpu", "uint8"), ("tensorrt", "int8")])
+def test_int8_targets(dynamic_export, tmp_path, target, activation_type):
+    import onnx
+    frames = [random_frames(1, seed=i)[0].numpy() for i in range(2)]
+    path = quantize_int8(dynamic_export / "model.onnx", tmp_path / "q.onnx", frames, target=target)
+    model = onnx.load(str(path))
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    zero_points = [weights[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert zero_points and all(z.dtype == np.dtype(activation_type) for z in zero_points)
+    if target == "tensorrt":
+        assert all((z == 0).all() for z in zero_points)  # symmetric: what TensorRT's Q/DQ mode accepts
+    labels, _ = OnnxRunner(path).run(np.stack(frames))
+    assert labels.shape == (2, 32, 64)
+
+
+def test_calibration_frames_from_a_cityscapes_root_or_any_folder(toy_data, tmp_path):
+    from cirn.export.frames import calibration_frames
+    frames = calibration_frames(None, (64, 32), 3, default_root=toy_data / "cityscapes")  # the train split
+    assert len(frames) == 3 and frames[0].image.shape == (3, 32, 64) and frames[0].image.dtype == np.uint8
+    assert all(f.label is None for f in frames)
+    frames = calibration_frames(toy_data / "gta5" / "images", (48, 24), 2)
+    assert [f.image.shape for f in frames] == [(3, 24, 48)] * 2
+    with pytest.raises(CirnError, match="no images"):
+        calibration_frames(tmp_path, (64, 32), 2)
 
 
 def test_write_metadata_replaces_and_keeps_keys(dynamic_export, tmp_path):
@@ -261,13 +288,15 @@ def test_tensorrt_generations_pick_flags_or_graphs():
     assert trt_generation("10.3.0") == 10 and trt_generation("11.4.0.106") == 11
     with pytest.raises(CirnError, match="too old"):
         trt_generation("8.6.1")
-    files = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+    files = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx",
+             "int8-tensorrt": "model.int8.tensorrt.onnx"}
     assert [engine_onnx(p, 10, files).name for p in ("fp32", "fp16", "int8")] == ["model.onnx"] * 3
     assert [engine_onnx(p, 11, files).name for p in ("fp32", "fp16", "int8")] == [
-        "model.onnx", "model.fp16.onnx", "model.int8.onnx"]
+        "model.onnx", "model.fp16.onnx", "model.int8.tensorrt.onnx"]
     with pytest.raises(CirnError, match="not exported"):
         engine_onnx("fp16", 11, {"fp32": "model.onnx"})
-    assert ort_tensorrt_onnx("int8", 10, files).name == "model.int8.onnx"
+    assert ort_tensorrt_onnx("int8", 10, files).name == "model.int8.tensorrt.onnx"
+    assert ort_tensorrt_onnx("fp16", 10, files).name == "model.onnx"
     profile = profile_shapes(32, 64, dynamic=True)
     (name, options), _ = ort_tensorrt_providers("int8", profile, "/cache", generation=10)
     assert name == "TensorrtExecutionProvider" and options["trt_int8_enable"] and options["trt_fp16_enable"]
@@ -290,7 +319,8 @@ def test_tensorrt_engines_match_pytorch(checkpoint, tmp_path):
     result = export_checkpoint(checkpoint, tmp_path / "out", fmt="all", fp16=True, int8=True, dynamic=True,
                                parity_images=4, calib_images=4)
     names = {p.name for p in (tmp_path / "out").iterdir()}
-    assert {"model.engine", "model.fp16.engine", "model.int8.engine", "model.engine.json"} <= names
+    assert {"model.engine", "model.fp16.engine", "model.int8.engine", "model.engine.json",
+            "model.int8.tensorrt.onnx", "tensorrt.timing.cache"} <= names
     rows = [r for r in result["parity"]["rows"] if r["name"].startswith("trt-")]
     assert len(rows) == 6 and all(r["passed"] for r in rows)
     assert read_metadata(tmp_path / "out" / "model.fp16.engine")["tensorrt"]["precision"] == "fp16"

@@ -221,23 +221,36 @@ def test_stage1_cli_fda_translates_without_training(toy_data, toy_args, tmp_path
     assert not np.array_equal(read_image(intermediate / "images" / "00001.png"), src[:36, :64])
 
 
-def test_translation_resumes_skipping_written_files(toy_data, seg_checkpoint, tmp_path):
+def test_translation_resumes_skipping_written_files(toy_data, seg_checkpoint, tmp_path, monkeypatch):
     cfg = smoke_cfg(toy_data, seg_checkpoint, "stage1.cir=fda", "stage1.beta=0.09")
+    translate_fda(cfg, tmp_path / "uninterrupted", quiet=True)
     out = tmp_path / "intermediate"
-    translate_fda(cfg, out, quiet=True)
     images = out / "images"
-    reference = read_image(images / "00002.png")
-    write_png(images / "00001.png", np.zeros((36, 64, 3), np.uint8))  # stands for a file written before a crash
-    (images / "00002.png").unlink()
-    (images / ".00003.png.abc.tmp.png").write_bytes(b"partial")  # what a SIGKILL mid-write leaves
-    (out / "intermediate.json").unlink()
-    manifest = translate_fda(cfg, out, quiet=True)
-    assert manifest["count"] == 8
-    assert read_image(images / "00001.png").max() == 0  # existing file skipped, not rewritten
-    assert np.array_equal(read_image(images / "00002.png"), reference)  # same target pairing after resume
-    assert not list(images.glob(".*"))
+    real_write, written = stage1.write_png, []
+
+    def write_then_die(path, array):
+        if len(written) == 4:
+            raise KeyboardInterrupt  # killed after four images
+        real_write(path, array)
+        written.append(path)
+
+    monkeypatch.setattr(stage1, "write_png", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        translate_fda(cfg, out, quiet=True)
+    monkeypatch.setattr(stage1, "write_png", real_write)
+    assert len(list(images.glob("*.png"))) == 4 and not (out / "intermediate.json").exists()
+    write_png(images / "00001.png", np.zeros((36, 64, 3), np.uint8))  # marks a file written before the crash
+    (images / ".00005.png.abc.tmp.png").write_bytes(b"partial")  # what a SIGKILL mid-write leaves
     with pytest.raises(CirnError, match="beta"):
         translate_fda(smoke_cfg(toy_data, seg_checkpoint, "stage1.beta=0.05"), out, quiet=True)
+
+    manifest = translate_fda(cfg, out, quiet=True)
+    assert manifest["count"] == 8 and not (out / "intermediate.partial").exists()
+    assert read_image(images / "00001.png").max() == 0  # existing file skipped, not rewritten
+    for name in ("00002", "00005", "00008"):  # the same images as an uninterrupted run, pairing included
+        assert np.array_equal(read_image(images / f"{name}.png"),
+                              read_image(tmp_path / "uninterrupted" / "images" / f"{name}.png"))
+    assert not list(images.glob(".*"))
 
 
 def test_stage1_training_resumes_exactly(toy_data, seg_checkpoint, tmp_path, monkeypatch):

@@ -189,6 +189,9 @@ class Stage1Config:
             raise CirnError("stage1.lambda_* and stage1.lr must be >= 0")
         if not 0 <= self.decay_start <= 1:
             raise CirnError(f"stage1.decay_start must be in [0, 1], got {self.decay_start}")
+        self.betas = tuple(self.betas)
+        if len(self.betas) != 2:
+            raise CirnError(f"stage1.betas must be [beta1, beta2], got {list(self.betas)}")
         if not 0 <= self.beta < 0.5:
             raise CirnError(f"stage1.beta must be in [0, 0.5), got {self.beta}")
 

@@ -94,8 +94,8 @@ def linear_decay_lr(base_lr, iteration, iterations, decay_start=0.5):
 class RandomCrop(Dataset):
     """Random (width, height) crops of another dataset's items (image and, if present, label).
 
-    Indexed with an (index, seed) key, as InfiniteLoader does, the offsets come from that per-sample seed (apart
-    from the seed's own flip draw), so crops replay exactly on resume whatever the number of workers.
+    Indexed with an (index, seed) key, as InfiniteLoader does, the offsets come from default_rng((seed, 1)), apart
+    from the flip's default_rng(seed): crops replay exactly on resume, whatever the number of workers.
     """
 
     def __init__(self, dataset, size):
@@ -354,7 +354,7 @@ def write_intermediate(out_dir, cfg_data, source_set, translate, identity, quiet
     image_dir, label_dir = out_dir / source_set.image_dir, out_dir / source_set.label_dir
     atomic_write_text(out_dir / PARTIAL, json.dumps(identity, indent=2))
     (out_dir / MANIFEST).unlink(missing_ok=True)
-    for folder in (image_dir, label_dir):
+    for folder in (out_dir, image_dir, label_dir):
         # A killed process (SIGKILL) can leave atomic_path's temporary file; the dataset would list it as an image.
         for stale in folder.glob(".*.tmp*") if folder.is_dir() else ():
             stale.unlink()
