@@ -173,6 +173,17 @@ def train_stage3(init, preset, config_file, overrides, out, resume, quiet, **dat
                f"{result['best']}")
 
 
+@train_main.command("all-stages", help="The whole method: source-only, stage 1, CIR, ASS, CIR+ASS, CIR+ASS+ST; "
+                                        "ends with the paper's Table 4 (ablation.json, a bar chart, example grids). "
+                                        "Re-running skips finished stages.")
+@run_options
+@user_errors
+def train_all_stages(preset, config_file, overrides, out, resume, quiet, **data):
+    from cirn.train import pipeline
+    cfg, run_dir = resolve_run("all-stages", preset, config_file, overrides, out, resume, **data)
+    pipeline.run(cfg, run_dir, resume=resume, quiet=quiet)
+
+
 @train_main.command("describe", help="Parameter counts and forward GFLOPs of a model.")
 @click.option("--model", "name", default="deeplabv2-r101", show_default=True,
               type=click.Choice(["deeplabv2-r101", "deeplabv2-r50", "mobilenetv3", "tiny"]))

@@ -2,8 +2,8 @@
 domain, when data.intermediate_root is set). One loop: segmentation CE on the fused C + ACM logits."""
 
 from .datasets import build_train_dataset, build_val_dataset, infinite_loader
-from .engine import (BestKeeper, autocast, init_from_checkpoint, poly_lr, prepare_run_dir, resolve_device, seed_everything,
-                     seg_optimizer, set_lr, train_loop)
+from .engine import (BestKeeper, autocast, init_from_checkpoint, poly_lr, prepare_run_dir, resolve_device,
+                     seed_everything, seg_optimizer, set_lr, train_loop)
 from .losses import seg_loss
 from .models import build_model
 

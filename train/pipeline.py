@@ -1,0 +1,175 @@
+"""`cirn-train all-stages`: the whole method end to end, and the paper's Table 4 for the data it ran on.
+
+source-only (SO, also the frozen f_S of stage 1) -> stage 1 (intermediate domain) -> CIR (SO on the intermediate
+domain) -> ASS (stage 2 from the source) -> CIR+ASS (stage 2 from the intermediate domain) -> CIR+ASS+ST (stage 3).
+Each step runs in its own folder under the output and is skipped when already finished, so re-running resumes by
+stage; an interrupted step continues from its last checkpoint.
+"""
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import labels as L
+from . import stage1, stage2, stage3, supervised
+from .io import atomic_write_text
+
+# The paper's Table 4 (GTA5 -> Cityscapes, 19 classes), for the chart.
+PAPER_TABLE4 = {"SO": 36.6, "CIR": 42.7, "ASS": 43.6, "CIR+ASS": 46.1, "CIR+ASS+ST": 49.1}
+ROWS = tuple(PAPER_TABLE4)
+
+
+def _with(cfg, **sections):
+    """A copy of cfg with fields of its sections replaced: _with(cfg, data={"intermediate_root": p})."""
+    return dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name), **values)
+                                       for name, values in sections.items()})
+
+
+def _finished(run_dir):
+    path = Path(run_dir) / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _step(name, run_dir, resume, fn):
+    """Run one step unless its folder says it finished; an interrupted step resumes from its checkpoint."""
+    done = _finished(run_dir)
+    if done is not None:
+        print(f"[all-stages] {name}: already finished, skipping ({run_dir})")
+        return done
+    print(f"[all-stages] {name} -> {run_dir}")
+    in_progress = (Path(run_dir) / "checkpoints" / "last.pt").exists()
+    return fn(resume=resume or in_progress)
+
+
+def run(cfg, out, resume=False, quiet=False):
+    """Run every stage into `out`; returns the ablation dict (also written to out/ablation.json)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = {"SO": out / "source-only", "stage1": out / "stage1", "CIR": out / "cir", "ASS": out / "ass",
+            "CIR+ASS": out / "cir-ass", "CIR+ASS+ST": out / "cir-ass-st"}
+
+    _step("SO (source only)", runs["SO"], resume,
+          lambda resume: supervised.run(cfg, runs["SO"], domain="source", resume=resume, quiet=quiet))
+    intermediate = runs["stage1"] / "intermediate"
+    if (intermediate / "intermediate.json").exists():
+        print(f"[all-stages] stage 1: already finished, skipping ({intermediate})")
+    else:
+        print(f"[all-stages] stage 1 ({cfg.stage1.cir}) -> {runs['stage1']}")
+        cfg_s1 = _with(cfg, stage1={"seg_checkpoint": str(runs["SO"] / "best.pt")})
+        stage1.run(cfg_s1, runs["stage1"], resume=(runs["stage1"] / "config.yaml").exists(), quiet=quiet)
+    cfg_int = _with(cfg, data={"intermediate_root": str(intermediate)})
+    _step("CIR (source only on the intermediate domain)", runs["CIR"], resume,
+          lambda resume: supervised.run(cfg_int, runs["CIR"], domain="source", resume=resume, quiet=quiet))
+    _step("ASS (stage 2 from the source)", runs["ASS"], resume,
+          lambda resume: stage2.run(cfg, runs["ASS"], resume=resume, quiet=quiet))
+    _step("CIR+ASS (stage 2 from the intermediate domain)", runs["CIR+ASS"], resume,
+          lambda resume: stage2.run(cfg_int, runs["CIR+ASS"], resume=resume, quiet=quiet))
+    st = _step("CIR+ASS+ST (stage 3 self-training)", runs["CIR+ASS+ST"], resume,
+               lambda resume: stage3.run(cfg_int, runs["CIR+ASS+ST"], init=runs["CIR+ASS"] / "best.pt",
+                                         resume=resume, quiet=quiet))
+
+    best = {row: runs[row] / "best.pt" for row in ROWS if row != "CIR+ASS+ST"}
+    best["CIR+ASS+ST"] = Path(st["best"])
+    ablation = build_ablation(best, cfg)
+    atomic_write_text(out / "ablation.json", json.dumps(ablation, indent=2))
+    print(format_ablation(ablation))
+    plot_ablation(ablation, out / "ablation.png")
+    plot_examples(best, cfg, intermediate, out / "examples.png")
+    print(f"[all-stages] wrote {out / 'ablation.json'}, {out / 'ablation.png'}, {out / 'examples.png'}")
+    return ablation
+
+
+def build_ablation(best_paths, cfg):
+    """Rows of Table 4 from each step's best checkpoint: mIoU, per-class IoU and the iteration it came from."""
+    from .engine import load_checkpoint
+    rows = {}
+    for row, path in best_paths.items():
+        state = load_checkpoint(path)
+        rows[row] = {"miou": state["miou"], "iteration": state["iteration"], "per_class": state["per_class"],
+                     "checkpoint": str(path)}
+    return {"protocol": cfg.data.protocol, "source": cfg.data.source, "target": cfg.data.target,
+            "model": cfg.model.name, "num_attention": cfg.model.num_attention, "seed": cfg.run.seed,
+            "cir": cfg.stage1.cir, "rows": rows}
+
+
+def format_ablation(ablation):
+    rows = ablation["rows"]
+    classes = list(next(iter(rows.values()))["per_class"])
+    short = [c[:5] for c in classes]
+    lines = [f"Table 4 ({ablation['source']} -> {ablation['target']}, {ablation['protocol']} classes, "
+             f"{ablation['model']}, K={ablation['num_attention']}, seed {ablation['seed']})",
+             f"{'row':<11}{'mIoU':>6} " + " ".join(f"{s:>5}" for s in short)]
+    for row, r in rows.items():
+        ious = " ".join(f"{v:5.1f}" if v is not None else "    -" for v in r["per_class"].values())
+        lines.append(f"{row:<11}{r['miou']:6.1f} {ious}")
+    return "\n".join(lines)
+
+
+def plot_ablation(ablation, path):
+    """Bar chart of the rows' mIoU, beside the paper's Table 4 figures."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = list(ablation["rows"])
+    ours = [ablation["rows"][r]["miou"] for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
+    ax.bar(x - 0.2, ours, 0.4, label=f"this run ({ablation['source']} -> {ablation['target']})")
+    ax.bar(x + 0.2, [PAPER_TABLE4[r] for r in rows], 0.4, label="paper (GTA5 -> Cityscapes)", alpha=0.6)
+    for xi, v in zip(x, ours):
+        ax.text(xi - 0.2, v + 0.5, f"{v:.1f}", ha="center", fontsize=8)
+    ax.set_xticks(x, rows)
+    ax.set_ylabel("target mIoU (%)")
+    ax.set_title("CIRN ablation (Table 4)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_examples(best_paths, cfg, intermediate, path, count=3):
+    """Grid: source, translated source, target image, the prediction of each row, ground truth."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from .datasets import GTA5Dataset, SynthiaDataset, build_source_dataset, build_val_dataset, denormalize
+    from .engine import load_model
+    from .models import upsample
+
+    source = build_source_dataset(cfg.data, "imagenet", intermediate=False, flip=False)
+    layout = SynthiaDataset if cfg.data.source == "synthia" else GTA5Dataset
+    translated = layout(intermediate, size=cfg.data.source_size, normalization="imagenet")
+    models = {row: load_model(p)[0] for row, p in best_paths.items()}
+    norms = {m.normalization for m in models.values()}
+    val = {n: build_val_dataset(cfg.data, n) for n in norms}
+    columns = ["source", "translated", "target", *best_paths, "ground truth"]
+    fig, axes = plt.subplots(count, len(columns), figsize=(1.9 * len(columns), 1.2 * count + 0.4), dpi=110,
+                             squeeze=False)
+    for i in range(count):
+        s, t = i % len(source), (i * 7) % len(next(iter(val.values())))
+        target = next(iter(val.values()))[t]
+        panels = [denormalize(source[s]["image"], "imagenet"), denormalize(translated[s]["image"], "imagenet"),
+                  denormalize(target["image"], "imagenet")]
+        for row, model in models.items():
+            item = val[model.normalization][t]
+            with torch.no_grad():
+                logits = upsample(model.fused(item["image"][None]), item["label"].shape)
+            panels.append(L.colorize(logits.argmax(1)[0].numpy().astype(np.uint8)))
+        panels.append(L.colorize(target["label"].numpy().astype(np.uint8)))
+        for ax, panel, title in zip(axes[i], panels, columns):
+            ax.imshow(panel)
+            ax.set_axis_off()
+            if i == 0:
+                ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def _save_figure(fig, path):
+    from .io import atomic_path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
