@@ -16,6 +16,7 @@ from cirn.train.io import read_image
 
 @dataclass
 class Frame:
+    """One target image in the graph's input format, with its label when scoring."""
     name: str
     image: np.ndarray         # (3, H, W) uint8 RGB at the graph's input size
     label: np.ndarray = None  # (h, w) uint8 trainIds at the label's own size (255 ignore), or None

@@ -153,7 +153,7 @@ def plot_examples(best_paths, cfg, intermediate, path, count=3):
         target = next(iter(val.values()))[t]
         panels = [denormalize(source[s]["image"], "imagenet"), denormalize(translated[s]["image"], "imagenet"),
                   denormalize(target["image"], "imagenet")]
-        for row, model in models.items():
+        for model in models.values():
             item = val[model.normalization][t]
             with torch.no_grad():
                 logits = upsample(model.fused(item["image"][None]), item["label"].shape)
