@@ -51,6 +51,7 @@ setup(
             "cirn-data=cirn.cli:data_main",
             "cirn-eval=cirn.cli:eval_main",
             "cirn-export=cirn.cli:export_main",
+            "cirn-run=cirn.cli:run_main",
             "cirn-train=cirn.cli:train_main",
         ],
     },

@@ -275,3 +275,93 @@ def export_main(checkpoint, out, fp16, int8, calib, calib_images, dynamic, heigh
         log=None if quiet else (lambda message: click.echo(message, err=True)))
     for path in result["files"]:
         click.echo(path)
+
+
+# ---------------------------------------------------------------- cirn-data toy-video
+@data_main.command("toy-video", help="Render a toy dashcam clip: the camera drives down one street of the toy target "
+                                     "domain (camera-like look, constant lighting, per-frame noise). The ground truth "
+                                     "of every frame goes beside it in the Cityscapes layout (OUT without .mp4 = "
+                                     "the root for cirn-eval --target-root).")
+@click.option("--out", type=click.Path(dir_okay=False), default="clip.mp4", show_default=True)
+@click.option("--frames", type=int, default=120, show_default=True)
+@click.option("--fps", type=float, default=15.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--size", default="256x128", show_default=True, help="WIDTHxHEIGHT (even numbers).")
+@click.option("--speed", type=float, default=6.0, show_default=True, help="Metres per second.")
+@user_errors
+def data_toy_video(out, frames, fps, seed, size, speed):
+    from cirn.runtime.pipeline import parse_size
+    from cirn.train import toy
+    height, width = parse_size(size)
+    result = toy.render_video(out, frames=frames, fps=fps, seed=seed, size=(width, height), speed=speed)
+    click.echo(f"{result['frames']} frames ({width}x{height}, {result['fps']:g} fps, {result['metres']:.0f} m) -> "
+               f"{result['video']}\nground truth: {result['root']}/gtFine/val (score with cirn-eval --target-root "
+               f"{result['root']} --pred-dir LABELS)")
+
+
+# ---------------------------------------------------------------- cirn-run
+@click.command(help="Segment a dashcam video (or an image, a folder of images, a camera index) with a trained model: "
+                    "an overlay MP4, per-frame label PNGs, an NPZ and a JSON summary with FPS per stage. Decoding, "
+                    "inference and encoding run in parallel. Without --model: the newest model.onnx under ./runs, "
+                    "else the newest best.pt.")
+@click.argument("source")
+@click.option("--model", type=click.Path(dir_okay=False), default=None,
+              help="A .pt checkpoint, an exported .onnx, or a TensorRT .engine.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Overlay video (.mp4) [default for a video or camera: SOURCE-NAME_seg.mp4 here].")
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), default=None,
+              help="[default: from the model's suffix]. tensorrt with an .onnx: ONNX Runtime's TensorRT provider.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="[default: cuda when usable].")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
+              help="torch autocast (auto: fp16 on CUDA, fp32 on CPU) or the TensorRT provider's kernels.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Frames per inference call.")
+@click.option("--stride", type=int, default=1, show_default=True, help="Process every Nth frame.")
+@click.option("--imgsz", default=None, help="WIDTHxHEIGHT the frames are resized to (dynamic models only) "
+                                            "[default: the model's].")
+@click.option("--labels-dir", type=click.Path(file_okay=False), default=None,
+              help="Per-frame trainId PNGs, named like Cityscapes frames (for cirn-eval --pred-dir).")
+@click.option("--npz", type=click.Path(dir_okay=False), default=None, help="All label maps in one .npz.")
+@click.option("--summary", type=click.Path(dir_okay=False), default=None,
+              help="JSON summary [default: beside --out, same name, .json].")
+@click.option("--side-by-side", is_flag=True, help="The input frame left of the overlay.")
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="Overlay opacity.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime CPU threads [default: the cores available].")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (torch backend).")
+@click.option("--cuda-graph", is_flag=True, help="Replay TensorRT engines through CUDA graphs.")
+@click.option("--benchmark", is_flag=True, help="First time the backend alone on the same frames: the summary's "
+                                                "benchmark.ratio = end-to-end FPS / pure-inference FPS.")
+@click.option("--quiet", is_flag=True, help="No progress bar or summary lines.")
+@click.version_option(__version__)
+@user_errors
+def run_main(source, model, out, backend, device, precision, batch, stride, imgsz, labels_dir, npz, summary,
+             side_by_side, alpha, threads, compile_, cuda_graph, benchmark, quiet):
+    from pathlib import Path
+
+    from cirn.runtime import Interrupted, find_default_model, format_summary, open_backend, open_source, run
+    model = Path(model) if model else find_default_model()
+    probe = open_source(source)  # a bad source fails before the model loads
+    kind, name = probe.kind, getattr(probe, "city", None)
+    probe.close()
+    if out is None and kind in ("video", "camera"):
+        out = f"{name}_seg.mp4"
+    if summary is None and out is not None:
+        summary = str(Path(out).with_suffix(".json"))
+    loaded = open_backend(model, backend, device, precision=precision, threads=threads, compile=compile_,
+                          cuda_graph=cuda_graph, max_batch=max(batch, 1))
+    if not quiet:
+        click.echo(f"cirn-run: {model} with {loaded.describe()}", err=True)
+    try:
+        info = run(int(source) if kind == "camera" else source, loaded, out=out, labels_dir=labels_dir, npz=npz,
+                   summary=summary, batch=batch, stride=stride, imgsz=imgsz, alpha=alpha, side_by_side=side_by_side,
+                   benchmark=benchmark, quiet=quiet)
+    except Interrupted as stop:
+        video = stop.summary["outputs"].get("video")
+        click.echo(f"interrupted: stopped after {stop.summary['frames']['processed']} frames"
+                   f"{f'; the partial video is {video}' if video else ''}"
+                   f"{f' (summary: {summary})' if summary else ''}", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted before the first frame: nothing written", err=True)
+        sys.exit(130)
+    if not quiet:
+        click.echo(format_summary(info))

@@ -135,3 +135,19 @@ def test_stage3_smoke_and_resume_by_round(toy_args, tmp_path):
     assert (tmp_path / "s3" / "round2" / "best.pt").exists()
     again = run_cli(args + ["--resume"])
     assert again.exit_code == 0 and again.output.count("already finished") == 2
+
+
+def test_all_stages_smoke_and_resume_by_stage(toy_args, tmp_path):
+    out = tmp_path / "all"
+    args = ["all-stages", "--preset", "smoke", "--out", str(out), "--quiet", *toy_args]
+    result = run_cli(args)
+    assert result.exit_code == 0, result.output
+    ablation = json.loads((out / "ablation.json").read_text())
+    assert list(ablation["rows"]) == ["SO", "CIR", "ASS", "CIR+ASS", "CIR+ASS+ST"]
+    for row in ablation["rows"].values():
+        assert 0 <= row["miou"] <= 100 and len(row["per_class"]) == 19
+    assert "CIR+ASS+ST" in result.output and (out / "ablation.png").stat().st_size > 0
+    assert (out / "examples.png").stat().st_size > 0
+    again = run_cli(args)
+    assert again.exit_code == 0
+    assert again.output.count("already finished") == 6  # five trained rows and stage 1

@@ -1,0 +1,175 @@
+"""Where frames come from: a video file, an image, a folder of images or a camera, all as one iterator.
+
+    source = open_source("drive.mp4", stride=2)
+    for frame in source:          # SourceFrame(index, name, image (H, W, 3) uint8 RGB)
+        ...
+    source.decode_error           # None, or why decoding stopped before the end the container announced
+
+open_source checks everything it can before the first frame is used (a missing file, a file that is not a video,
+a codec OpenCV's FFmpeg lacks, a video without frames): each is a CirnError naming the file. A failure later in the
+stream ends the iteration and is kept in `decode_error`, so what was decoded before it is still processed.
+
+Frame names follow the Cityscapes pattern {city}_{sequence:06d}_{frame:06d}, so per-frame label PNGs of a video
+line up with the ground truth of `cirn-data toy-video` for `cirn-eval`; images keep their own names (less a
+`_leftImg8bit` suffix), relative to the folder given.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cirn.train.datasets import CITYSCAPES_IMAGE_SUFFIX, IMAGE_SUFFIXES
+from cirn.train.errors import CirnError
+
+SEQUENCE = 0  # the Cityscapes sequence number in a video's frame names (toy.CLIP_SEQUENCE)
+
+
+@dataclass
+class SourceFrame:
+    """One decoded frame."""
+    index: int          # position in the source (before the stride)
+    name: str           # for per-frame outputs: 'clip_000000_000042', 'city/name'
+    image: np.ndarray   # (H, W, 3) uint8 RGB
+
+
+class FrameSource:
+    """Iterates SourceFrames of every `stride`-th frame; `kind`, `fps`, `count` (frames it will yield, or None when
+    unknown), `size` (W, H) of the first frame, `decode_error` after iterating."""
+
+    kind = "source"
+
+    def __init__(self, description, stride=1):
+        if stride < 1:
+            raise CirnError(f"--stride must be at least 1, got {stride}")
+        self.description, self.stride = description, stride
+        self.fps, self.count, self.size, self.decode_error = None, None, None, None
+
+    def __iter__(self):
+        raise NotImplementedError
+
+    def close(self):
+        """Release the file or device."""
+
+
+def _name_of(path, root=None):
+    """A frame name from an image path: relative to `root` when given, without the suffix (or _leftImg8bit.png)."""
+    rel = Path(path).relative_to(root) if root else Path(Path(path).name)
+    text = rel.as_posix()
+    return text[:-len(CITYSCAPES_IMAGE_SUFFIX)] if text.endswith(CITYSCAPES_IMAGE_SUFFIX) else str(rel.with_suffix(""))
+
+
+def _read_rgb(path):
+    """(H, W, 3) uint8 RGB of an image file, a CirnError naming it otherwise."""
+    from cirn.train.io import read_image
+    return np.ascontiguousarray(read_image(path))
+
+
+class ImageSource(FrameSource):
+    """One image file, or every image under a folder (sorted, recursive)."""
+
+    def __init__(self, path, stride=1):
+        super().__init__(str(path), stride)
+        path = Path(path)
+        if path.is_dir():
+            self.kind, self.root = "folder", path
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not files:
+                raise CirnError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {path}")
+        else:
+            self.kind, self.root, files = "image", None, [path]
+        self.files = files[::stride]
+        self.count = len(self.files)
+        first = _read_rgb(self.files[0])  # a broken first image is an error now, not mid-run
+        self.size = (first.shape[1], first.shape[0])
+
+    def __iter__(self):
+        for k, path in enumerate(self.files):
+            try:
+                image = _read_rgb(path)
+            except CirnError as err:
+                self.decode_error = str(err)
+                return
+            yield SourceFrame(k * self.stride, _name_of(path, self.root), image)
+
+
+class VideoSource(FrameSource):
+    """A video file or a camera (an integer index) through cv2.VideoCapture (FFmpeg for files).
+
+    Skipped frames (stride) are grabbed, not decoded into images. A read that fails before the frame count the
+    container announces is a decode error (kept in `decode_error`); a camera simply ends.
+    """
+
+    def __init__(self, spec, stride=1):
+        import cv2
+        camera = isinstance(spec, int)
+        super().__init__(f"camera {spec}" if camera else str(spec), stride)
+        self.kind = "camera" if camera else "video"
+        self.cv2 = cv2
+        self.capture = cv2.VideoCapture(spec) if camera else cv2.VideoCapture(str(spec), cv2.CAP_FFMPEG)
+        self.city = f"camera{spec}" if camera else Path(spec).stem
+        if not self.capture.isOpened():
+            if camera:
+                raise CirnError(f"cannot open camera {spec}: no such device, or it is in use")
+            raise CirnError(f"cannot open {spec} as a video: it is not a video file, or its container or codec is "
+                            "one this OpenCV build's FFmpeg cannot read (re-encode it, e.g. ffmpeg -i IN -c:v mpeg4 "
+                            "OUT.mp4)")
+        fps = self.capture.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and fps > 0 else None
+        total = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.total = total if total > 0 and not camera else None
+        self.count = -(-self.total // stride) if self.total else None
+        ok, first = self.capture.read()
+        if not ok or first is None:
+            self.capture.release()
+            if camera:
+                raise CirnError(f"camera {spec} opened but delivered no frame")
+            fourcc = int(self.capture.get(cv2.CAP_PROP_FOURCC))
+            codec = "".join(chr((fourcc >> 8 * i) & 0xFF) for i in range(4)).strip("\0 ") if fourcc else "?"
+            if not total:
+                raise CirnError(f"{spec} has no frames")
+            raise CirnError(f"cannot decode the first of the {total} frames of {spec} (codec {codec!r}): the file "
+                            "is damaged or truncated, or this OpenCV build's FFmpeg cannot decode the codec")
+        self.first = first
+        self.size = (first.shape[1], first.shape[0])
+
+    def name(self, index):
+        return f"{self.city}_{SEQUENCE:06d}_{index:06d}"
+
+    def __iter__(self):
+        cv2, index, frame = self.cv2, 0, self.first
+        self.first = None
+        while True:
+            if frame is None:
+                try:
+                    ok, frame = self.capture.read()
+                except cv2.error as err:
+                    ok, self.decode_error = False, f"decoding failed at frame {index}: {err}"
+                if not ok:
+                    if self.total and index < self.total and self.decode_error is None:
+                        self.decode_error = f"decoding stopped at frame {index} of the {self.total} announced"
+                    return
+            yield SourceFrame(index, self.name(index), cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+            frame = None
+            for _ in range(self.stride - 1):  # skipped frames: demuxed and decoded, never converted
+                index += 1
+                if not self.capture.grab():
+                    if self.total and index < self.total:
+                        self.decode_error = f"decoding stopped at frame {index} of the {self.total} announced"
+                    return
+            index += 1
+
+    def close(self):
+        self.capture.release()
+
+
+def open_source(spec, stride=1):
+    """A FrameSource for `spec`: an int (or digits) = camera index, a folder = its images, an image file, else a
+    video file. Raises CirnError for anything that cannot yield a first frame."""
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit() and not Path(spec).exists()):
+        return VideoSource(int(spec), stride)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise CirnError(f"source {path} does not exist")
+    if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
+        return ImageSource(path, stride)
+    return VideoSource(path, stride)
