@@ -32,7 +32,7 @@ def main():
     from cirn.train.config import load_config
     from cirn.train.models import build_discriminator, build_model
     from cirn.train.stage2 import train_step
-    from cirn.train.engine import autocast, seg_optimizer
+    from cirn.train.engine import autocast, grad_scaler, seg_optimizer
 
     cfg = load_config("paper", overrides=[f"model.name={args.model}", "model.pretrained=''"])
     (ws, hs), (wt, ht) = ([int(v) for v in s.split("x")] for s in (args.source, args.target))
@@ -47,7 +47,8 @@ def main():
     start = time.perf_counter()
     for _ in range(args.iterations):
         losses = train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_trg, cfg.adapt,
-                            damping=1.0, preheat=False, amp_ctx=autocast(torch.device("cpu"), "none"))
+                            damping=1.0, preheat=False, amp_ctx=autocast(torch.device("cpu"), "none"),
+                            scaler=grad_scaler(torch.device("cpu"), "none"))
     seconds = (time.perf_counter() - start) / args.iterations
     result = {"model": args.model, "source": args.source, "target": args.target, "batch": 1,
               "peak_rss_gb": round(peak_rss_gb(), 2), "after_build_gb": round(baseline, 2),

@@ -335,9 +335,27 @@ def data_toy_video(out, frames, fps, seed, size, speed):
 @user_errors
 def run_main(source, model, out, backend, device, precision, batch, stride, imgsz, labels_dir, npz, summary,
              side_by_side, alpha, threads, compile_, cuda_graph, benchmark, quiet):
+    from cirn.runtime import Interrupted
+    try:
+        _run_command(source, model, out, backend, device, precision, batch, stride, imgsz, labels_dir, npz, summary,
+                     side_by_side, alpha, threads, compile_, cuda_graph, benchmark, quiet)
+    except Interrupted as stop:
+        video, saved = stop.summary["outputs"].get("video"), stop.summary.get("summary")
+        click.echo(f"interrupted: stopped after {stop.summary['frames']['processed']} frames"
+                   f"{f'; the partial video is {video}' if video else ''}"
+                   f"{f' (summary: {saved})' if saved else ''}", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted outside the video pipeline (while loading, or after the outputs were complete)",
+                   err=True)
+        sys.exit(130)
+
+
+def _run_command(source, model, out, backend, device, precision, batch, stride, imgsz, labels_dir, npz, summary,
+                 side_by_side, alpha, threads, compile_, cuda_graph, benchmark, quiet):
     from pathlib import Path
 
-    from cirn.runtime import Interrupted, find_default_model, format_summary, open_backend, open_source, run
+    from cirn.runtime import find_default_model, format_summary, open_backend, open_source, run
     model = Path(model) if model else find_default_model()
     probe = open_source(source)  # a bad source fails before the model loads
     kind, name = probe.kind, getattr(probe, "city", None)
@@ -350,18 +368,8 @@ def run_main(source, model, out, backend, device, precision, batch, stride, imgs
                           cuda_graph=cuda_graph, max_batch=max(batch, 1))
     if not quiet:
         click.echo(f"cirn-run: {model} with {loaded.describe()}", err=True)
-    try:
-        info = run(int(source) if kind == "camera" else source, loaded, out=out, labels_dir=labels_dir, npz=npz,
-                   summary=summary, batch=batch, stride=stride, imgsz=imgsz, alpha=alpha, side_by_side=side_by_side,
-                   benchmark=benchmark, quiet=quiet)
-    except Interrupted as stop:
-        video = stop.summary["outputs"].get("video")
-        click.echo(f"interrupted: stopped after {stop.summary['frames']['processed']} frames"
-                   f"{f'; the partial video is {video}' if video else ''}"
-                   f"{f' (summary: {summary})' if summary else ''}", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("interrupted before the first frame: nothing written", err=True)
-        sys.exit(130)
+    info = run(int(source) if kind == "camera" else source, loaded, out=out, labels_dir=labels_dir, npz=npz,
+               summary=summary, batch=batch, stride=stride, imgsz=imgsz, alpha=alpha, side_by_side=side_by_side,
+               benchmark=benchmark, quiet=quiet)
     if not quiet:
         click.echo(format_summary(info))

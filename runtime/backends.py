@@ -93,9 +93,10 @@ class Backend:
     """
     name = "backend"
 
-    def __init__(self, metadata, device):
+    def __init__(self, metadata, device, path=None):
         self.metadata = metadata
         self.device = device
+        self.path = str(path) if path is not None else None  # the model file
 
     def __call__(self, frames):
         frames = np.asarray(frames)
@@ -186,7 +187,7 @@ class TorchBackend(Backend):
         meta = {"source_checkpoint": str(Path(checkpoint).resolve()), "model": state["model_meta"]["name"],
                 "normalization": model.normalization}
         super().__init__(ModelMetadata(names, palette, (int(height), int(width)), True, output, None, None, None,
-                                       int(model.output_stride), meta), device)
+                                       int(model.output_stride), meta), device, checkpoint)
 
     def _infer(self, frames):
         torch = self.torch
@@ -293,7 +294,7 @@ class OnnxRuntimeBackend(Backend):
         batch = graph_input.shape[0]
         if isinstance(batch, int) and metadata.max_batch != batch:
             metadata = _replace(metadata, max_batch=batch)
-        super().__init__(metadata, device)
+        super().__init__(metadata, device, path)
 
     @staticmethod
     def _tensorrt_options(path, metadata, precision, max_batch):
@@ -369,7 +370,7 @@ class TensorRTBackend(Backend):
         metadata = metadata_from_export(read_metadata(path))
         self.runner = TensorRTRunner(path, metadata.output)
         self.trt, self.cuda_graph, self._graphs = trt, bool(cuda_graph), {}
-        super().__init__(metadata, "cuda")
+        super().__init__(metadata, "cuda", path)
 
     def _infer(self, frames):
         x = np.ascontiguousarray(frames.transpose(0, 3, 1, 2))  # (B, 3, H, W)

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from cirn.train.errors import CirnError
-from cirn.train.io import atomic_write_bytes
 
 LEGEND_MIN_SHARE = 0.005  # classes under 0.5 % of a frame stay out of its legend
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 # ---------------------------------------------------------------- drawing
@@ -104,15 +105,28 @@ def write_label_png(path, labels):
     ok, encoded = cv2.imencode(".png", labels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise CirnError(f"cannot encode the label map for {path}")
-    atomic_write_bytes(path, encoded.tobytes())
+    write_atomically(path, encoded.tobytes())
+
+
+def write_atomically(path, data):
+    """Write bytes to a temporary file beside `path` and rename it into place (readable as the umask allows)."""
+    path = Path(path)
+    tmp = _temp_beside(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # ---------------------------------------------------------------- writers
 def _temp_beside(path):
     """A new temporary file next to `path` keeping its suffix (OpenCV picks the container from it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".partial" + path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial" + path.suffix)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the finished file gets the usual permissions
     return Path(tmp)
 
 

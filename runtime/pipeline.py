@@ -36,10 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from cirn.train.errors import CirnError
-from cirn.train.io import atomic_write_text
 
 from .backends import available_cores, to_labels
-from .outputs import Outputs, resize_frame
+from .outputs import Outputs, resize_frame, write_atomically
 from .sources import open_source
 
 QUEUE_BATCHES = 2        # batches each queue holds
@@ -238,13 +237,15 @@ def run(source, backend, out=None, labels_dir=None, npz=None, summary=None, batc
     for path in (out, npz, summary):
         if path is not None and isinstance(source, (str, Path)) and Path(path).resolve() == Path(source).resolve():
             raise CirnError(f"an output ({path}) would overwrite the source")
+    if not 0.0 <= alpha <= 1.0:
+        raise CirnError(f"--alpha must be between 0 and 1, got {alpha}")
     src = open_source(source, stride)  # errors (missing file, not a video, no frames) before any output
     try:
+        warmup_s = backend.warmup(size, batch)
+        bench = benchmark_inference(backend, source, size, stride, batch) if benchmark else None
         fps_in = src.fps if src.kind in ("video", "camera") and src.fps else IMAGE_FPS
         outputs = Outputs(backend.metadata, video=out, fps=fps_in / stride, labels_dir=labels_dir, npz=npz,
                           alpha=alpha, side_by_side=side_by_side, bin_frames=max(1, round(fps_in)))
-        warmup_s = backend.warmup(size, batch)
-        bench = benchmark_inference(backend, source, size, stride, batch) if benchmark else None
         result = _run_threads(src, backend, outputs, size, batch, quiet)
     finally:
         src.close()
@@ -252,7 +253,7 @@ def run(source, backend, out=None, labels_dir=None, npz=None, summary=None, batc
     stopped = result["stopped"]
     info = _summary(source, src, backend, size, batch, stride, result, bench, warmup_s)
     if summary:
-        atomic_write_text(summary, json.dumps(_json_ready(info), indent=2) + "\n")
+        write_atomically(summary, (json.dumps(_json_ready(info), indent=2) + "\n").encode())
         info["summary"] = str(summary)
     if stopped == "interrupted":
         raise Interrupted(info)
@@ -337,7 +338,8 @@ def _summary(source, src, backend, size, batch, stride, result, bench, warmup_s)
     info = {
         "source": str(source), "source_kind": src.kind, "source_fps": src.fps,
         "frame_size": [src.size[1], src.size[0]] if src.size else None,
-        "model": backend.metadata.raw.get("source_checkpoint"), "backend": backend.name, "device": backend.device,
+        "model": backend.path, "checkpoint": backend.metadata.raw.get("source_checkpoint"),
+        "backend": backend.name, "device": backend.device,
         "backend_detail": backend.describe(), "input_size": list(size), "batch": batch, "stride": stride,
         "frames": {"processed": frames, "decoded": result["decoded"], "expected": src.count},
         "complete": result["stopped"] is None,

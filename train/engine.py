@@ -64,6 +64,11 @@ def autocast(device, amp):
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+def grad_scaler(device, amp):
+    """Loss scaling for fp16 on CUDA; a pass-through (enabled=False) otherwise, so the loops need no branches."""
+    return torch.amp.GradScaler("cuda", enabled=(amp == "fp16" and device.type == "cuda"))
+
+
 # ---------------------------------------------------------------- schedules and optimisers
 def poly_lr(base_lr, iteration, max_iter, power=0.9, warmup=0):
     """base * (1 - i / max_iter) ** power, after an optional linear warm-up."""
@@ -273,6 +278,10 @@ def restore_training_state(run_dir, cfg, modules, extras):
     """Load the newest checkpoint into `modules`/`extras` (objects with load_state_dict); return its iteration."""
     state = load_resume_state(run_dir)
     check_model_meta(state["model_meta"], cfg.model, Path(run_dir) / "checkpoints")
+    missing = [n for n in modules if n not in state["states"]] + [n for n in extras if n not in state["extras"]]
+    if missing:
+        raise CirnError(f"checkpoint in {Path(run_dir) / 'checkpoints'} has no state for {', '.join(missing)}: it "
+                        "was written by another stage or an older cirn; start a new run instead of --resume")
     for name, module in modules.items():
         module.load_state_dict(state["states"][name])
     for name, extra in extras.items():

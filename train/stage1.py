@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from . import fda
 from .datasets import (CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD, build_source_dataset, build_target_dataset,
                        denormalize, infinite_loader)
-from .engine import (autocast, load_model, prepare_run_dir, resolve_device, seed_everything, set_lr, train_loop)
+from .engine import (autocast, grad_scaler, load_model, prepare_run_dir, resolve_device, seed_everything, set_lr,
+                     train_loop)
 from .errors import CirnError
 from .io import atomic_write_bytes, atomic_write_text, write_png
 from .losses import seg_loss
@@ -174,12 +175,13 @@ def load_frozen_seg_model(path, num_classes, device):
 
 # ---------------------------------------------------------------- training
 def train_step(nets, seg_model, opt_gen, opt_disc, pool_src, pool_trg, images_src, labels_src, images_trg, s1,
-               amp_ctx):
+               amp_ctx, scaler=None):
     """One step in junyanz's order: freeze D; generator losses, G and F step; unfreeze D; D_T and D_S step.
 
     nets: models.cyclegan.CycleGAN; seg_model: frozen f_S or None; s1: Stage1Config (loss weights, gan_mode).
-    Returns the weighted loss terms as floats.
+    Returns the weighted loss terms as floats. scaler: engine.grad_scaler (fp16 loss scaling; None = fp32/bf16).
     """
+    scaler = scaler or grad_scaler(torch.device("cpu"), "none")
     discs = (nets.disc_src, nets.disc_trg)
     _requires_grad(discs, False)
     opt_gen.zero_grad(set_to_none=True)
@@ -200,8 +202,8 @@ def train_step(nets, seg_model, opt_gen, opt_disc, pool_src, pool_trg, images_sr
             losses["loss_idt_src"] = weight * F.l1_loss(nets.gen_t2s(images_src), images_src)
         if seg_model is not None:
             losses["loss_sem"] = s1.lambda_sem * semantic_consistency_loss(seg_model, fake_trg, labels_src)
-    sum(losses.values()).backward()
-    opt_gen.step()
+    scaler.scale(sum(losses.values())).backward()
+    scaler.step(opt_gen)
 
     _requires_grad(discs, True)
     opt_disc.zero_grad(set_to_none=True)
@@ -211,8 +213,9 @@ def train_step(nets, seg_model, opt_gen, opt_disc, pool_src, pool_trg, images_sr
                                                   mode)
         losses["loss_d_src"] = discriminator_loss(nets.disc_src(images_src), nets.disc_src(pool_src.query(fake_src)),
                                                   mode)
-    (losses["loss_d_trg"] + losses["loss_d_src"]).backward()
-    opt_disc.step()
+    scaler.scale(losses["loss_d_trg"] + losses["loss_d_src"]).backward()
+    scaler.step(opt_disc)
+    scaler.update()
     return {key: value.item() for key, value in losses.items()}
 
 
@@ -262,7 +265,7 @@ def run(cfg, run_dir, resume=False, quiet=False, intermediate_out=None):
     batches_trg = infinite_loader(target_set, cfg.run.batch_size, seed=cfg.run.seed + 1,
                                   num_workers=cfg.data.num_workers)
     keeper = LossMeans()
-    amp_ctx = autocast(device, cfg.run.amp)
+    amp_ctx, scaler = autocast(device, cfg.run.amp), grad_scaler(device, cfg.run.amp)
 
     def step(batches, i):
         batch_src, batch_trg = batches
@@ -271,12 +274,12 @@ def run(cfg, run_dir, resume=False, quiet=False, intermediate_out=None):
         set_lr(opt_disc, lr)
         losses = train_step(nets, seg_model, opt_gen, opt_disc, pool_src, pool_trg,
                             batch_src["image"].to(device), batch_src["label"].to(device),
-                            batch_trg["image"].to(device), s1, amp_ctx)
+                            batch_trg["image"].to(device), s1, amp_ctx, scaler)
         keeper.add(losses)
         return losses
 
     # "model" is the key train_loop checkpoints and evaluates; nets.normalization ('tanh') goes into model_meta.
-    modules = {"model": nets, "opt_gen": opt_gen, "opt_disc": opt_disc}
+    modules = {"model": nets, "opt_gen": opt_gen, "opt_disc": opt_disc, "scaler": scaler}
     extras = {"batches_src": batches_src, "batches_trg": batches_trg, "pool_src": pool_src, "pool_trg": pool_trg}
     desc = "stage1 (cyclegan" + (" + semantic consistency)" if seg_model is not None else ")")
     summary = train_loop(cfg, run_dir, modules, extras, step, lambda: (next(batches_src), next(batches_trg)),

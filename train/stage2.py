@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from .datasets import build_train_dataset, build_val_dataset, infinite_loader
-from .engine import (BestKeeper, autocast, poly_lr, prepare_run_dir, resolve_device, seed_everything,
-                     seg_optimizer, set_lr, train_loop)
+from .engine import (BestKeeper, autocast, grad_scaler, poly_lr, prepare_run_dir, resolve_device,
+                     seed_everything, seg_optimizer, set_lr, train_loop)
 from .losses import adversarial_loss, disagreement_map, discriminator_loss, seg_loss, weight_discrepancy
 from .models import build_discriminator, build_model
 
@@ -21,7 +21,7 @@ def loss_weights(adapt, iteration, iterations):
 
 
 def train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_trg, adapt, damping, preheat,
-               amp_ctx):
+               amp_ctx, scaler):
     """One ADVENT-ordered step: freeze D; seg + adversarial + discrepancy; unfreeze D; D on source and target."""
     for p in disc.parameters():
         p.requires_grad_(False)
@@ -33,7 +33,7 @@ def train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_tr
     logits_src = (out_src.logits_c + out_src.logits_acm).float()  # (B, C, h, w)
     loss_seg_src = seg_loss(logits_src, labels_src)
     loss_weight = adapt.lambda_weight * damping * weight_discrepancy(model.classifier_c, model.classifier_acm)
-    (loss_seg_src + loss_weight).backward()
+    scaler.scale(loss_seg_src + loss_weight).backward()
 
     size_trg = images_trg.shape[-2:]
     with amp_ctx:
@@ -44,7 +44,7 @@ def train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_tr
     d_trg = disc(probs_trg)  # (B, 1, h', w')
     loss_adv_trg = adapt.lambda_adv * damping * adversarial_loss(
         d_trg, None if preheat else weight_map, lambda_cos=adapt.lambda_cos, eps=adapt.eps)
-    loss_adv_trg.backward()
+    scaler.scale(loss_adv_trg).backward()
 
     for p in disc.parameters():
         p.requires_grad_(True)
@@ -54,9 +54,10 @@ def train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_tr
     loss_d_src, loss_d_trg = discriminator_loss(disc(probs_src), disc(probs_trg.detach()),
                                                 None if preheat else weight_map,
                                                 lambda_cos=adapt.lambda_cos, eps=adapt.eps)
-    ((loss_d_src + loss_d_trg) / 2).backward()  # each domain's term halved, as CLAN/AdaptSegNet
-    opt_seg.step()
-    opt_disc.step()
+    scaler.scale((loss_d_src + loss_d_trg) / 2).backward()  # each domain's term halved, as CLAN/AdaptSegNet
+    scaler.step(opt_seg)
+    scaler.step(opt_disc)
+    scaler.update()
     return {"loss_seg_src": loss_seg_src.item(), "loss_adv_trg": loss_adv_trg.item(),
             "loss_weight": loss_weight.item(), "loss_d_src": loss_d_src.item(), "loss_d_trg": loss_d_trg.item(),
             "disagreement": weight_map.mean().item()}
@@ -79,7 +80,7 @@ def run(cfg, run_dir, resume=False, quiet=False):
     batches_trg = infinite_loader(unlabelled, cfg.run.batch_size, seed=cfg.run.seed + 1,
                                   num_workers=cfg.data.num_workers)
     keeper = BestKeeper(run_dir, cfg, build_val_dataset(cfg.data, model.normalization), device)
-    amp_ctx = autocast(device, cfg.run.amp)
+    amp_ctx, scaler = autocast(device, cfg.run.amp), grad_scaler(device, cfg.run.amp)
 
     def step(batches, i):
         batch_src, batch_trg = batches
@@ -89,9 +90,9 @@ def run(cfg, run_dir, resume=False, quiet=False):
         damping, preheat = loss_weights(cfg.adapt, i, cfg.run.iterations)
         return train_step(model, disc, opt_seg, opt_disc,
                           batch_src["image"].to(device), batch_src["label"].to(device),
-                          batch_trg["image"].to(device), cfg.adapt, damping, preheat, amp_ctx)
+                          batch_trg["image"].to(device), cfg.adapt, damping, preheat, amp_ctx, scaler)
 
-    modules = {"model": model, "disc": disc, "opt_seg": opt_seg, "opt_disc": opt_disc}
+    modules = {"model": model, "disc": disc, "opt_seg": opt_seg, "opt_disc": opt_disc, "scaler": scaler}
     extras = {"batches_src": batches_src, "batches_trg": batches_trg}
     desc = "stage2 (CIR+ASS)" if cfg.data.intermediate_root else "stage2 (ASS from source)"
     return train_loop(cfg, run_dir, modules, extras, step, lambda: (next(batches_src), next(batches_trg)),

@@ -2,21 +2,22 @@
 domain, when data.intermediate_root is set). One loop: segmentation CE on the fused C + ACM logits."""
 
 from .datasets import build_train_dataset, build_val_dataset, infinite_loader
-from .engine import (BestKeeper, autocast, init_from_checkpoint, poly_lr, prepare_run_dir, resolve_device,
-                     seed_everything, seg_optimizer, set_lr, train_loop)
+from .engine import (BestKeeper, autocast, grad_scaler, init_from_checkpoint, poly_lr, prepare_run_dir,
+                     resolve_device, seed_everything, seg_optimizer, set_lr, train_loop)
 from .losses import seg_loss
 from .models import build_model
 
 
-def train_step(model, optimizer, images, labels, amp_ctx):
+def train_step(model, optimizer, images, labels, amp_ctx, scaler):
     """One SGD step on a labelled batch; returns the named losses as floats."""
     with amp_ctx:
         out = model(images)
     logits = (out.logits_c + out.logits_acm).float()  # (B, C, h, w)
     loss_seg = seg_loss(logits, labels)
     optimizer.zero_grad(set_to_none=True)
-    loss_seg.backward()
-    optimizer.step()
+    scaler.scale(loss_seg).backward()
+    scaler.step(optimizer)
+    scaler.update()
     return {"loss_seg": loss_seg.item()}
 
 
@@ -34,18 +35,19 @@ def run(cfg, run_dir, domain="source", resume=False, quiet=False, init=None):
     train_set = build_train_dataset(cfg.data, domain, model.normalization)
     batches = infinite_loader(train_set, cfg.run.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers)
     keeper = BestKeeper(run_dir, cfg, build_val_dataset(cfg.data, model.normalization), device)
-    amp_ctx = autocast(device, cfg.run.amp)
+    amp_ctx, scaler = autocast(device, cfg.run.amp), grad_scaler(device, cfg.run.amp)
 
     def step(batch, i):
         set_lr(optimizer, poly_lr(cfg.optim.lr, i, cfg.run.iterations, cfg.optim.power, cfg.optim.warmup))
         images = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W)
         labels = batch["label"].to(device, non_blocking=True)  # (B, H, W)
-        return train_step(model, optimizer, images, labels, amp_ctx)
+        return train_step(model, optimizer, images, labels, amp_ctx, scaler)
 
     desc = {"source": "source-only", "target": "oracle", "pseudo": "self-training"}[domain]
     if cfg.data.intermediate_root and domain == "source":
         desc = "cir (source-only on intermediate)"
-    return train_loop(cfg, run_dir, {"model": model, "optimizer": optimizer}, {"batches": batches},
-                      step, lambda: next(batches), keeper, resume, desc, quiet=quiet)
+    modules = {"model": model, "optimizer": optimizer, "scaler": scaler}
+    return train_loop(cfg, run_dir, modules, {"batches": batches}, step, lambda: next(batches), keeper, resume, desc,
+                      quiet=quiet)
 
 

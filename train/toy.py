@@ -1368,6 +1368,9 @@ def render_video(out, frames=120, fps=15.0, seed=0, size=(256, 128), speed=6.0):
     label_dir.mkdir(parents=True, exist_ok=True)
     expected = set()
     with atomic_path(out) as tmp:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # a video to share, not a private temporary file
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
         if not writer.isOpened():
             raise CirnError(f"OpenCV cannot write an MPEG-4 (mp4v) video to {out}")
