@@ -314,7 +314,8 @@ def data_toy_video(out, frames, fps, seed, size, speed):
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="[default: cuda when usable].")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
               help="torch autocast (auto: fp16 on CUDA, fp32 on CPU) or the TensorRT provider's kernels.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Frames per inference call.")
+@click.option("--batch", type=int, default=1, show_default=True,
+              help="Frames per inference call (a static export runs them one by one; batches help GPUs most).")
 @click.option("--stride", type=int, default=1, show_default=True, help="Process every Nth frame.")
 @click.option("--imgsz", default=None, help="WIDTHxHEIGHT the frames are resized to (dynamic models only) "
                                             "[default: the model's].")
@@ -325,7 +326,8 @@ def data_toy_video(out, frames, fps, seed, size, speed):
               help="JSON summary [default: beside --out, same name, .json].")
 @click.option("--side-by-side", is_flag=True, help="The input frame left of the overlay.")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Overlay opacity.")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime CPU threads [default: the cores available].")
+@click.option("--threads", type=int, default=None,
+              help="CPU inference threads [default: ONNX Runtime all cores, PyTorch all but one].")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (torch backend).")
 @click.option("--cuda-graph", is_flag=True, help="Replay TensorRT engines through CUDA graphs.")
 @click.option("--benchmark", is_flag=True, help="First time the backend alone on the same frames: the summary's "

@@ -111,7 +111,8 @@ def write_label_png(path, labels):
 def write_atomically(path, data):
     """Write bytes to a temporary file beside `path` and rename it into place (readable as the umask allows)."""
     path = Path(path)
-    tmp = _temp_beside(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")  # one name per file: fewer system calls than mkstemp per frame
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
@@ -144,6 +145,7 @@ class VideoOutput:
         self.tmp, self.writer, self.size, self.frames = None, None, None, 0
 
     def write(self, rgb):
+        """Append one (H, W, 3) uint8 RGB frame."""
         import cv2
         if self.writer is None:
             self.size = (rgb.shape[1], rgb.shape[0])
@@ -167,6 +169,7 @@ class VideoOutput:
         return str(self.path)
 
     def discard(self):
+        """Close and delete the unfinished file."""
         if self.writer is not None:
             self.writer.release()
             self.tmp.unlink(missing_ok=True)
@@ -184,11 +187,13 @@ class NpzOutput:
         self.indices = []
 
     def write(self, name, index, labels):
+        """Add the (H, W) label map of frame `name` (source index `index`)."""
         with self.zip.open(f"{name}.npy", "w", force_zip64=True) as f:
             np.lib.format.write_array(f, np.ascontiguousarray(labels), allow_pickle=False)
         self.indices.append(index)
 
     def finish(self):
+        """Write the index, close the archive and give it its final name; returns the path."""
         with self.zip.open("_index.npy", "w") as f:
             np.lib.format.write_array(f, np.asarray(self.indices, np.int64))
         self.zip.close()
@@ -196,6 +201,7 @@ class NpzOutput:
         return str(self.path)
 
     def discard(self):
+        """Close and delete the unfinished archive."""
         self.zip.close()
         self.tmp.unlink(missing_ok=True)
 

@@ -127,10 +127,11 @@ class _Decoder(threading.Thread):
     def __init__(self, source, size, out_q, stop):
         super().__init__(name="cirn-decode", daemon=True)
         self.source, self.size, self.out_q, self.stop = source, size, out_q, stop
-        self.busy_s, self.frames = 0.0, 0
+        self.busy_s, self.cpu_s, self.frames = 0.0, 0.0, 0
 
     def run(self):
         end = _End()
+        cpu_start = time.thread_time()
         try:
             frames = iter(self.source)
             while not self.stop.is_set():
@@ -147,6 +148,7 @@ class _Decoder(threading.Thread):
             end.error = f"decoding failed after {self.frames} frames: {type(err).__name__}: {err}"
         if end.error is None:
             end.error = self.source.decode_error
+        self.cpu_s = time.thread_time() - cpu_start
         _put(self.out_q, end, self.stop)
 
 
@@ -156,7 +158,7 @@ class _PostProcessor(threading.Thread):
     def __init__(self, in_q, outputs, progress, stop):
         super().__init__(name="cirn-post", daemon=True)
         self.in_q, self.outputs, self.progress, self.stop = in_q, outputs, progress, stop
-        self.busy_s, self.failed = 0.0, []
+        self.busy_s, self.cpu_s, self.failed = 0.0, 0.0, []
 
     def run(self):
         while not self.stop.is_set():
@@ -169,9 +171,10 @@ class _PostProcessor(threading.Thread):
             frames, labels = item
             try:
                 for frame, frame_labels in zip(frames, labels, strict=True):
-                    start = time.perf_counter()
+                    start, cpu_start = time.perf_counter(), time.thread_time()
                     self.outputs.add(frame, frame_labels)
                     self.busy_s += time.perf_counter() - start
+                    self.cpu_s += time.thread_time() - cpu_start
                     self.progress.update(1)
             except OSError as err:
                 where = f" ({err.filename})" if err.filename else ""
@@ -225,11 +228,11 @@ def run(source, backend, out=None, labels_dir=None, npz=None, summary=None, batc
     labels_dir: per-frame trainId PNGs named like the frames (Cityscapes names for videos). npz: the label maps in
     one .npz. batch: frames per backend call. imgsz: (H, W) for a dynamic model (default: the model's size).
     alpha: overlay opacity. side_by_side: the input left of the overlay. benchmark: time the backend alone on the
-    same frames first (summary['benchmark']). quiet: no progress bar. log: a callable for messages (default:
-    stderr unless quiet).
+    same frames first (summary['benchmark']). quiet: no progress bar. log: a callable for warnings (default:
+    stderr).
     Raises Interrupted (a KeyboardInterrupt) on Ctrl-C after finalising the partial outputs.
     """
-    log = log or (lambda message: None if quiet else print(message, file=sys.stderr, flush=True))
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     if batch < 1:
         raise CirnError(f"--batch must be at least 1, got {batch}")
     size = inference_size(backend.metadata, parse_size(imgsz))
@@ -271,7 +274,7 @@ def _run_threads(src, backend, outputs, size, batch, quiet):
     decoder = _Decoder(src, size, frames_q, stop_decode)
     post = _PostProcessor(results_q, outputs, progress, stop_post)
     latencies, infer_s, wait_s, frames_done, end, stopped = [], 0.0, 0.0, 0, None, None
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     decoder.start()
     post.start()
     try:
@@ -320,10 +323,11 @@ def _run_threads(src, backend, outputs, size, batch, quiet):
         outputs.discard()
         raise post.failed[0]
     files = outputs.finish()
-    wall_s = time.perf_counter() - start
+    wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
     decode_error = end.error if end is not None else None
     return {"frames": outputs.frames, "inferred": frames_done, "decoded": decoder.frames, "wall_s": wall_s,
             "decode_s": decoder.busy_s, "infer_s": infer_s, "infer_wait_s": wait_s, "post_s": post.busy_s,
+            "cpu_s": cpu_s, "decode_cpu_s": decoder.cpu_s, "post_cpu_s": post.cpu_s,
             "latencies_ms": latencies, "files": files, "shares": outputs.shares(),
             "stopped": stopped or ("decode error" if decode_error else None), "decode_error": decode_error}
 
@@ -351,6 +355,10 @@ def _summary(source, src, backend, size, batch, stride, result, bench, warmup_s)
             "wall_s": result["wall_s"], "warmup_s": warmup_s,
             "busy_s": {"decode": result["decode_s"], "inference": result["infer_s"], "post": result["post_s"]},
             "inference_waited_for_frames_s": result["infer_wait_s"],
+            # CPU seconds (all threads of the process; decode and post threads alone). Wall-clock busy times include
+            # time a thread waited for a core: on a loaded CPU these say what each stage really costs.
+            "cpu_s": {"process": result["cpu_s"], "decode": result["decode_cpu_s"], "post": result["post_cpu_s"],
+                      "inference_and_rest": result["cpu_s"] - result["decode_cpu_s"] - result["post_cpu_s"]},
             "fps": {"end_to_end": end_to_end, "decode": _rate(result["decoded"], result["decode_s"]),
                     "inference": inference, "post": _rate(frames, result["post_s"])},
             "end_to_end_over_inference": end_to_end / inference if end_to_end and inference else None,

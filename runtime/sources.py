@@ -133,6 +133,7 @@ class VideoSource(FrameSource):
         self.size = (first.shape[1], first.shape[0])
 
     def name(self, index):
+        """The Cityscapes-style name of frame `index`: {city}_000000_{index:06d}."""
         return f"{self.city}_{SEQUENCE:06d}_{index:06d}"
 
     def __iter__(self):

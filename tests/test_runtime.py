@@ -252,6 +252,14 @@ def test_frames_resized_to_the_model_and_labels_back(tmp_path, checkpoint, onnx_
     assert len(video) == 3 and video[0].shape == (64, 256, 3)  # side by side
 
 
+def test_pipeline_with_the_torch_backend_and_a_chosen_size(tmp_path, clip, checkpoint):
+    info = run(clip["video"], open_backend(checkpoint, device="cpu"), imgsz="96x48", batch=2,
+               labels_dir=tmp_path / "labels", quiet=True)
+    assert info["backend"] == "torch" and info["input_size"] == [48, 96] and info["frames"]["processed"] == 8
+    labels = cv2.imread(str(tmp_path / "labels" / "drive_000000_000007.png"), cv2.IMREAD_UNCHANGED)
+    assert labels.shape == (32, 64)  # the clip's frame size
+
+
 def test_overlay_and_legend():
     image = np.full((64, 128, 3), 100, np.uint8)
     labels = np.zeros((64, 128), np.uint8)
