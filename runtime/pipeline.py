@@ -26,7 +26,6 @@ beforehand: `benchmark.ratio` = end-to-end FPS / pure-inference FPS says how muc
 pipeline keeps.
 """
 import json
-import math
 import queue
 import sys
 import threading
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from cirn.train.errors import CirnError
+from cirn.train.io import json_ready
 
 from .backends import available_cores, to_labels
 from .outputs import Outputs, resize_frame, write_atomically
@@ -256,7 +256,7 @@ def run(source, backend, out=None, labels_dir=None, npz=None, summary=None, batc
     stopped = result["stopped"]
     info = _summary(source, src, backend, size, batch, stride, result, bench, warmup_s)
     if summary:
-        write_atomically(summary, (json.dumps(_json_ready(info), indent=2) + "\n").encode())
+        write_atomically(summary, (json.dumps(json_ready(info), indent=2) + "\n").encode())
         info["summary"] = str(summary)
     if stopped == "interrupted":
         raise Interrupted(info)
@@ -374,17 +374,6 @@ def _summary(source, src, backend, size, batch, stride, result, bench, warmup_s)
                              "ratio": end_to_end / bench["fps"] if end_to_end and bench["fps"] else None}
     return info
 
-
-def _json_ready(value):
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def format_summary(info):

@@ -14,3 +14,13 @@ def toy_data(tmp_path_factory):
 def toy_args(toy_data):
     """CLI options pointing a training command at the small toy pair."""
     return ["--source-root", str(toy_data / "gta5"), "--target-root", str(toy_data / "cityscapes")]
+
+
+def train_smoke_checkpoint(toy_data, run_dir):
+    """best.pt of a 2-iteration smoke run (tiny model, width 4, 64x32 target size) on the small toy pair."""
+    from cirn.train import supervised
+    from cirn.train.config import load_config
+    cfg = load_config("smoke", overrides=[f"data.source_root={toy_data}/gta5",
+                                          f"data.target_root={toy_data}/cityscapes"])
+    supervised.run(cfg, run_dir, quiet=True)
+    return run_dir / "best.pt"

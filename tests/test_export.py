@@ -6,6 +6,7 @@ import types
 
 import numpy as np
 import pytest
+from conftest import train_smoke_checkpoint
 import torch
 from click.testing import CliRunner
 
@@ -24,14 +25,7 @@ from cirn.train.models import create_model, upsample
 
 @pytest.fixture(scope="module")
 def checkpoint(toy_data, tmp_path_factory):
-    """best.pt of a 2-iteration smoke run (tiny model, width 4, 64x32 target size) on the small toy pair."""
-    from cirn.train import supervised
-    from cirn.train.config import load_config
-    cfg = load_config("smoke", overrides=[f"data.source_root={toy_data}/gta5",
-                                          f"data.target_root={toy_data}/cityscapes"])
-    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
-    supervised.run(cfg, run_dir, quiet=True)
-    return run_dir / "best.pt"
+    return train_smoke_checkpoint(toy_data, tmp_path_factory.mktemp("runs") / "smoke")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from PIL import Image
 from . import labels
 from .datasets import CITYSCAPES_IMAGE_SUFFIX, CITYSCAPES_LABEL_SUFFIX, cityscapes_label_files
 from .errors import CirnError
-from .io import atomic_write_text, read_label
+from .io import atomic_write_text, json_ready, read_label
 
 IGNORE = labels.IGNORE_INDEX
 CITYSCAPES_MAX_LABEL_ID = 33  # labelIds 0..33 exist (license plate, -1, cannot be stored in a PNG)
@@ -226,16 +226,7 @@ def _is_nan(value):
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _json_ready(value):
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
 
 def save_json(result, path):
     """Write the result atomically; NaN IoUs become null."""
-    atomic_write_text(path, json.dumps(_json_ready(result), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(json_ready(result), indent=2) + "\n")

@@ -1,5 +1,6 @@
 """File plumbing shared by every stage: atomic writes and image reading with errors that name the file."""
 import io
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -36,6 +37,19 @@ def atomic_write_bytes(path, data):
 
 def atomic_write_text(path, text):
     atomic_write_bytes(path, text.encode())
+
+
+def json_ready(value):
+    """Nested dicts/lists with NaN/inf as None and numpy scalars as Python numbers, for json.dumps."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def png_bytes(array):
