@@ -181,7 +181,7 @@ def train_stage3(init, preset, config_file, overrides, out, resume, quiet, **dat
 def train_all_stages(preset, config_file, overrides, out, resume, quiet, **data):
     from cirn.train import pipeline
     cfg, run_dir = resolve_run("all-stages", preset, config_file, overrides, out, resume, **data)
-    pipeline.run(cfg, run_dir, resume=resume, quiet=quiet)
+    pipeline.run(cfg, run_dir, quiet=quiet)
 
 
 @train_main.command("describe", help="Parameter counts and forward GFLOPs of a model.")

@@ -31,25 +31,26 @@ def _finished(run_dir):
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _step(name, run_dir, resume, fn):
+def _step(name, run_dir, fn):
     """Run one step unless its folder says it finished; an interrupted step resumes from its checkpoint."""
     done = _finished(run_dir)
     if done is not None:
         print(f"[all-stages] {name}: already finished, skipping ({run_dir})")
         return done
     print(f"[all-stages] {name} -> {run_dir}")
-    in_progress = (Path(run_dir) / "checkpoints" / "last.pt").exists()
-    return fn(resume=resume or in_progress)
+    # A step with a checkpoint continues from it; one without starts (again) from scratch.
+    return fn(resume=(Path(run_dir) / "checkpoints" / "last.pt").exists())
 
 
-def run(cfg, out, resume=False, quiet=False):
-    """Run every stage into `out`; returns the ablation dict (also written to out/ablation.json)."""
+def run(cfg, out, quiet=False):
+    """Run every stage into `out`, skipping finished steps and continuing interrupted ones from their checkpoints;
+    returns the ablation dict (also written to out/ablation.json)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = {"SO": out / "source-only", "stage1": out / "stage1", "CIR": out / "cir", "ASS": out / "ass",
             "CIR+ASS": out / "cir-ass", "CIR+ASS+ST": out / "cir-ass-st"}
 
-    _step("SO (source only)", runs["SO"], resume,
+    _step("SO (source only)", runs["SO"],
           lambda resume: supervised.run(cfg, runs["SO"], domain="source", resume=resume, quiet=quiet))
     intermediate = runs["stage1"] / "intermediate"
     if (intermediate / "intermediate.json").exists():
@@ -57,15 +58,16 @@ def run(cfg, out, resume=False, quiet=False):
     else:
         print(f"[all-stages] stage 1 ({cfg.stage1.cir}) -> {runs['stage1']}")
         cfg_s1 = _with(cfg, stage1={"seg_checkpoint": str(runs["SO"] / "best.pt")})
-        stage1.run(cfg_s1, runs["stage1"], resume=(runs["stage1"] / "config.yaml").exists(), quiet=quiet)
+        stage1.run(cfg_s1, runs["stage1"], resume=(runs["stage1"] / "checkpoints" / "last.pt").exists(),
+                   quiet=quiet)
     cfg_int = _with(cfg, data={"intermediate_root": str(intermediate)})
-    _step("CIR (source only on the intermediate domain)", runs["CIR"], resume,
+    _step("CIR (source only on the intermediate domain)", runs["CIR"],
           lambda resume: supervised.run(cfg_int, runs["CIR"], domain="source", resume=resume, quiet=quiet))
-    _step("ASS (stage 2 from the source)", runs["ASS"], resume,
+    _step("ASS (stage 2 from the source)", runs["ASS"],
           lambda resume: stage2.run(cfg, runs["ASS"], resume=resume, quiet=quiet))
-    _step("CIR+ASS (stage 2 from the intermediate domain)", runs["CIR+ASS"], resume,
+    _step("CIR+ASS (stage 2 from the intermediate domain)", runs["CIR+ASS"],
           lambda resume: stage2.run(cfg_int, runs["CIR+ASS"], resume=resume, quiet=quiet))
-    st = _step("CIR+ASS+ST (stage 3 self-training)", runs["CIR+ASS+ST"], resume,
+    st = _step("CIR+ASS+ST (stage 3 self-training)", runs["CIR+ASS+ST"],
                lambda resume: stage3.run(cfg_int, runs["CIR+ASS+ST"], init=runs["CIR+ASS"] / "best.pt",
                                          resume=resume, quiet=quiet))
 
