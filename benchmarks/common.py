@@ -107,8 +107,12 @@ def shared_cpu_warning(env):
     load, cores = env["load_average_1min"], env["cores"]
     if load < 0.5 * cores:
         return None
-    return (f"note: load average {load:.1f} on {cores} cores before the run: other processes share the CPU, "
-            "so CPU numbers are low and noisy")
+    note = (f"note: load average {load:.1f} on {cores} cores before the run: other processes share the CPU, so CPU "
+            "numbers are low and noisy")
+    if env["threads"] > 1:
+        note += ("; PyTorch's OpenMP threads slow down by up to an order of magnitude on shared cores "
+                 "(runtime/README.md): compare with --threads 1")
+    return note
 
 
 def why_unavailable(variant):
@@ -225,7 +229,8 @@ def prepare(spec, work_dir, size=None, batch=1, variants=VARIANTS, calib=None, c
         else:
             width, height = state["config"].get("data", {}).get("target_size", (256, 128))
             size = (int(height), int(width))
-    prepared = Prepared(str(onnx_model or checkpoint), checkpoint, state, tuple(size), random_weights, {}, {})
+    source = f"{state['model_meta']['name']} (random weights)" if random_weights else str(onnx_model or checkpoint)
+    prepared = Prepared(source, checkpoint, state, tuple(size), random_weights, {}, {})
 
     missing = {v.name: why_unavailable(v) for v in variants}
     runnable = [v for v in variants if missing[v.name] is None]
@@ -275,9 +280,10 @@ def _file_key(variant, generation):
     """The export a variant runs: an ONNX_VARIANTS key, or 'engine-{precision}'."""
     if variant.fmt == "engine":
         return f"engine-{variant.precision}"
-    if variant.backend == "tensorrt":  # ONNX Runtime's TensorRT EP: the graph ort_tensorrt_onnx names
-        return {"fp32": "fp32", "int8": "int8-tensorrt"}.get(variant.precision,
-                                                             "fp16" if generation >= 11 else "fp32")
+    if variant.backend == "tensorrt":  # ONNX Runtime's TensorRT EP: the graphs of export.tensorrt.ort_tensorrt_onnx
+        if variant.precision == "int8":
+            return "int8-tensorrt"
+        return variant.precision if generation >= 11 else "fp32"  # TensorRT 10: FP16 is a provider option
     return variant.precision
 
 
@@ -389,7 +395,7 @@ def status_row(variant, status, reason=None):
             "precision": variant.precision, "status": status, "reason": reason}
 
 
-# ---------------------------------------------------------------- measuring one variant (in its own process)
+# ---------------------------------------------------------------- measuring: the GEMM peak, one variant
 def peak_gemm_gflops(device, threads, size, runs):
     """Median GFLOP/s of an fp32 size x size matmul in PyTorch on `device` (CPU with `threads` threads): the
     machine's practical peak, measured in the same run as the model."""
@@ -430,6 +436,8 @@ def measure_latency(job):
     backend = open_variant(variant, job["file"], job["threads"], batch)
     load_s = time.perf_counter() - start
     warmup_s = backend.warmup((height, width), batch, runs=job["warmup"])
+    if not gpu:
+        _reset_peak_rss()  # the peak of the timed calls, not of torch.compile's compiler during warm-up
     frames = np.random.default_rng(0).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
     latencies = []
     start = time.perf_counter()
@@ -527,21 +535,9 @@ def short_reason(row, limit=90):
     return reason if len(reason) <= limit else reason[:limit - 3] + "..."
 
 
-def json_ready(value):
-    """NaN and inf become None (valid JSON); tuples and Paths become lists and strings."""
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def write_report(out, stem, report, table):
     """{stem}.json (the whole report), {stem}.csv (its rows), {stem}.md (the table) in `out`; returns their paths."""
+    from cirn.train.io import json_ready
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}.csv", "md": out / f"{stem}.md"}

@@ -104,7 +104,7 @@ def main(argv=None):
     for row in rows:
         if row["status"] == "ok" and miou_reference is not None:
             row["miou_change"] = row["miou"] - miou_reference
-        row["note"] = common.short_reason(row) if row["status"] != "ok" else f"{row['seconds']:.1f} s"
+        row["note"] = common.short_reason(row) if row["status"] != "ok" else f"scored in {row['seconds']:.1f} s"
     report = {"model": {"source": prepared.source, "random_weights": prepared.random_weights},
               "data": {"root": str(root), "split": split, "images": len(frames), "protocol": protocol,
                        "height": height, "width": width, "batch": args.batch},

@@ -6,12 +6,15 @@
 
 Variants: PyTorch eager and torch.compile (CPU; CUDA), ONNX Runtime CPU FP32 and INT8, ONNX Runtime CUDA and its
 TensorRT EP (FP16), native TensorRT FP32/FP16/INT8. Each runs in its own process: after warm-up, calls of --batch
-frames until both --iterations calls and --seconds have passed. Per variant: latency of one call p50/p90/p99, frames
-per second, memory (CPU: peak RSS minus RSS before loading the model; GPU: device memory in use minus before, at
-least torch's max allocated), the model file's size, and the achieved GFLOP/s (the fused network's forward GFLOPs
-from `summarize`, 2 x MAC, times FPS) as a percentage of the device's peak, which an fp32 GEMM measures in the same
-run (median of its runs, before and after the variants, averaged). The same thread count serves every CPU variant
-and the CPU GEMM. A variant that cannot run here still gets a row with the reason.
+frames until both --iterations calls and --seconds have passed. Per variant:
+- latency of one call p50/p90/p99 and frames per second (a GPU variant's calls include the host copies);
+- memory: CPU, peak RSS during the timed calls minus RSS before loading the model; GPU, device memory in use after
+  them minus before loading (all allocators), at least torch's max allocated;
+- the model file's size;
+- achieved GFLOP/s (the fused network's forward GFLOPs from `summarize`, 2 x MAC, times FPS) as a percentage of the
+  device's peak, measured by an fp32 GEMM in the same run (median of its runs, before and after the variants,
+  averaged). Every CPU variant and the CPU GEMM use the same thread count (--threads).
+A variant that cannot run here still gets a row with the reason.
 
 --model: a checkpoint, an exported .onnx (the variants cirn-export wrote beside it), or a model name
 (deeplabv2-r101, deeplabv2-r50, mobilenetv3, tiny): random weights, fine for speed. Checkpoints and names are
@@ -175,8 +178,9 @@ def title(report):
     env, model, size = report["environment"], report["model"], report["input"]
     name = (model["name"] or Path(model["source"]).name) + (" (random weights)" if model["random_weights"] else "")
     device = f", {env['gpu']}" if env["gpu"] else ""
+    threads = env["threads"]
     return (f"{name} at {size['height']}x{size['width']}, batch {size['batch']}; {env['cpu']}, "
-            f"{env['threads']} threads{device}")
+            f"{threads} thread{'s' if threads > 1 else ''}{device}")
 
 
 def summary(report, table):
@@ -220,7 +224,9 @@ def plot(rows, path, title_text):
         else:
             for ax in (ax_fps, ax_peak):
                 ax.text(0.01, i, row["status"], transform=ax.get_yaxis_transform(), va="center", color="grey")
-    ax_fps.set_yticks(list(y), [f"{r['name']}" for r in rows])
+    for ax in (ax_fps, ax_peak):
+        ax.margins(x=0.12)  # room for the value labels
+    ax_fps.set_yticks(list(y), [r["name"] for r in rows])
     ax_fps.invert_yaxis()
     ax_fps.set_xlabel("frames per second (blue: CPU, green: GPU)")
     ax_peak.set_xlabel("achieved GFLOP/s, % of the fp32 GEMM on the same device")

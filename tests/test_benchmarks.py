@@ -1,0 +1,135 @@
+"""benchmarks/: run_latency and run_accuracy on a smoke checkpoint (tiny model, width 4, 64x32 frames).
+
+torch.compile is skipped (--skip) to keep these fast: its first compilation takes ~50 s on a busy 2-core CPU.
+"""
+import csv
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import train_smoke_checkpoint
+
+from cirn.train.errors import CirnError
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+STATUSES = {"ok", "unavailable", "failed", "skipped"}
+CPU_ROWS = ("torch-eager", "ort-cpu-fp32", "ort-cpu-int8")
+FAST = ["--quick", "--warmup", "1", "--iterations", "3", "--seconds", "0", "--calib-images", "2",
+        "--skip", "torch-compile", "--skip", "torch-compile-cuda"]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The benchmark scripts as modules (they import their `common` from benchmarks/, as when run as scripts)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield {name: importlib.import_module(name) for name in ("common", "run_latency", "run_accuracy")}
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(toy_data, tmp_path_factory):
+    return train_smoke_checkpoint(toy_data, tmp_path_factory.mktemp("runs") / "smoke")
+
+
+@pytest.fixture(scope="module")
+def latency(bench, checkpoint, tmp_path_factory):
+    """run_latency --quick on the smoke checkpoint: (report, output folder, export folder, printed text)."""
+    out, exports = tmp_path_factory.mktemp("latency"), tmp_path_factory.mktemp("exports")
+    report = bench["run_latency"].main(["--model", str(checkpoint), "--out", str(out), "--export-dir", str(exports),
+                                        *FAST])
+    return report, out, exports
+
+
+def test_latency_writes_every_row_and_file(bench, latency):
+    report, out, _ = latency
+    names = [v.name for v in bench["common"].VARIANTS]
+    assert [r["name"] for r in report["rows"]] == names
+    for row in report["rows"]:
+        assert row["status"] in STATUSES
+        assert (row["status"] == "ok") == (row["reason"] is None), row
+    rows = {r["name"]: r for r in report["rows"]}
+    for name in CPU_ROWS:
+        row = rows[name]
+        assert row["status"] == "ok", row["reason"]
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["fps"] > 0 and row["iterations"] >= 3 and row["size_mb"] > 0 and row["memory_mb"] is not None
+        assert row["gflops_per_s"] == pytest.approx(report["model"]["gflops_per_frame"] * row["fps"])
+        assert row["percent_of_peak"] == pytest.approx(
+            100 * row["gflops_per_s"] / report["gemm_gflops_per_s"]["peak"]["cpu"])
+    assert rows["torch-compile"]["status"] == "skipped"
+    if not torch.cuda.is_available():
+        for name in ("torch-eager-cuda", "ort-cuda-fp32", "ort-trt-fp16", "trt-fp32", "trt-fp16", "trt-int8"):
+            assert rows[name]["status"] == "unavailable" and "CUDA" in rows[name]["reason"]
+    assert all(goal["value"] is not None for goal in report["goals"].values())
+
+    saved = json.loads((out / "latency.json").read_text())
+    assert [r["name"] for r in saved["rows"]] == names and saved["input"] == {"height": 32, "width": 64, "batch": 1}
+    with open(out / "latency.csv") as f:
+        assert [r["name"] for r in csv.DictReader(f)] == names
+    table = (out / "latency.md").read_text()
+    assert all(f"| {name} |" in table for name in names)
+    assert "no CUDA GPU" in table or torch.cuda.is_available()
+    assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failing_variant_gets_its_reason_and_the_run_goes_on(bench, checkpoint, latency, tmp_path):
+    """An exported .onnx runs with the files beside it: a corrupt INT8 graph fails its row only."""
+    _, _, exports = latency
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes((exports / "model.onnx").read_bytes())
+    (folder / "model.int8.onnx").write_bytes(b"not an onnx file")
+    report = bench["run_latency"].main(["--model", str(folder / "model.onnx"), "--out", str(tmp_path / "out"),
+                                        *FAST, "--skip", "torch-eager"])
+    rows = {r["name"]: r for r in report["rows"]}
+    assert rows["ort-cpu-int8"]["status"] == "failed" and "model.int8.onnx" in rows["ort-cpu-int8"]["reason"]
+    assert rows["ort-cpu-fp32"]["status"] == "ok"
+    assert rows["torch-eager"]["status"] == "skipped"
+    assert report["goals"]["int8_over_fp32"]["value"] is None and report["goals"]["int8_over_fp32"]["met"] is None
+
+
+def test_goal_ratios_by_hand(bench):
+    rows = [{"name": "torch-eager", "status": "ok", "fps": 100.0},
+            {"name": "ort-cpu-fp32", "status": "ok", "fps": 160.0, "percent_of_peak": 50.0},
+            {"name": "ort-cpu-int8", "status": "failed", "fps": None}]
+    goals = bench["run_latency"].goal_ratios(rows)
+    assert goals["ort_fp32_over_torch_eager"]["value"] == pytest.approx(1.6)
+    assert goals["ort_fp32_over_torch_eager"]["met"] is True
+    assert goals["int8_over_fp32"]["value"] is None and goals["int8_over_fp32"]["met"] is None
+    assert goals["onnx_fp32_over_gemm"]["value"] == 50.0 and goals["onnx_fp32_over_gemm"]["met"] is False
+
+
+def test_accuracy_torch_and_onnx_fp32_agree(bench, checkpoint, tmp_path):
+    report = bench["run_accuracy"].main(["--model", str(checkpoint), "--out", str(tmp_path), "--calib-images", "2",
+                                         "--skip", "torch-compile", "--skip", "torch-compile-cuda"])
+    rows = {r["name"]: r for r in report["rows"]}
+    torch_fp32, onnx_fp32, onnx_int8 = rows["torch-eager"], rows["ort-cpu-fp32"], rows["ort-cpu-int8"]
+    assert torch_fp32["status"] == onnx_fp32["status"] == onnx_int8["status"] == "ok"
+    assert report["data"]["images"] == 4  # the toy_data val split
+    assert onnx_fp32["miou"] == pytest.approx(torch_fp32["miou"], abs=1e-9)
+    assert onnx_fp32["miou_change"] == pytest.approx(0.0, abs=1e-9) and onnx_fp32["agreement"] == 100.0
+    assert 0 <= onnx_int8["agreement"] <= 100
+    saved = json.loads((tmp_path / "accuracy.json").read_text())
+    assert [r["name"] for r in saved["rows"]] == [v.name for v in bench["common"].VARIANTS]
+    assert (tmp_path / "accuracy.csv").is_file() and (tmp_path / "accuracy.md").is_file()
+
+
+def test_accuracy_needs_a_trained_checkpoint(bench, tmp_path):
+    with pytest.raises(CirnError, match="trained checkpoint"):
+        bench["run_accuracy"].main(["--model", "tiny", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        bench["run_latency"].main(["--skip", "no-such-variant", "--out", str(tmp_path)])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_latency_on_the_gpu(bench, checkpoint, tmp_path):
+    report = bench["run_latency"].main(["--model", str(checkpoint), "--out", str(tmp_path), *FAST])
+    rows = {r["name"]: r for r in report["rows"]}
+    assert rows["torch-eager-cuda"]["status"] == "ok", rows["torch-eager-cuda"]["reason"]
+    assert rows["torch-eager-cuda"]["memory_kind"] == "GPU memory delta"
+    assert report["gemm_gflops_per_s"]["peak"]["cuda"] > 0
