@@ -15,7 +15,7 @@ import torch
 
 from .config import from_dict, save_config, to_dict
 from .errors import CirnError
-from .io import atomic_path
+from .io import atomic_path, atomic_write_text
 
 CHECKPOINT_FORMAT = "cirn-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -291,9 +291,10 @@ def restore_training_state(run_dir, cfg, modules, extras):
 
 
 def train_loop(cfg, run_dir, modules, extras, step_fn, next_batch, keeper, resume, desc, quiet=False):
-    """The iteration skeleton every stage shares: lr schedule, step, NaN check, logging, eval, checkpoints.
+    """The iteration skeleton every stage shares: step, NaN check, logging, evaluation, checkpoints, resume.
 
-    `step_fn(batch, iteration) -> dict of float losses` holds the stage's own work (its train_step).
+    `step_fn(batch, iteration) -> dict of float losses` holds the stage's own work (its lr schedule and
+    train_step); `modules` and `extras` are everything with a state_dict that a resumed run needs back.
     """
     extras = {**extras, "keeper": keeper}
     start = restore_training_state(run_dir, cfg, modules, extras) if resume else 0
@@ -318,7 +319,6 @@ def train_loop(cfg, run_dir, modules, extras, step_fn, next_batch, keeper, resum
         logger.close()
     summary = {"run_dir": str(run_dir), "iterations": run.iterations, "best_miou": keeper.best["miou"],
                "best_iteration": keeper.best["iteration"], "history": keeper.history}
-    from .io import atomic_write_text
     atomic_write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2))
     return summary
 
