@@ -554,3 +554,14 @@ def write_report(out, stem, report, table):
 
 if __name__ == "__main__":
     _measure_main(sys.argv[1])
+
+
+def run_script(main):
+    """Run a benchmark script's main(): user errors as one line, Ctrl-C as exit code 130."""
+    from cirn.train.errors import CirnError
+    try:
+        main()
+    except CirnError as err:
+        sys.exit(f"error: {err}")
+    except KeyboardInterrupt:
+        sys.exit(130)

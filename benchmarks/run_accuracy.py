@@ -11,7 +11,6 @@ Needs a trained checkpoint (or an .onnx whose source checkpoint is on disk); wri
 --out. Variants run one after another in this process.
 """
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -142,10 +141,4 @@ def score(variant, path, frames, batch, threads, protocol):
 
 
 if __name__ == "__main__":
-    from cirn.train.errors import CirnError
-    try:
-        main()
-    except CirnError as err:
-        sys.exit(f"error: {err}")
-    except KeyboardInterrupt:
-        sys.exit(130)
+    common.run_script(main)

@@ -22,7 +22,6 @@ exported here with the export library's functions (see common.prepare: no parity
 .json and .png to --out and prints the goal ratios.
 """
 import argparse
-import sys
 from pathlib import Path
 
 import common
@@ -237,10 +236,4 @@ def plot(rows, path, title_text):
 
 
 if __name__ == "__main__":
-    from cirn.train.errors import CirnError
-    try:
-        main()
-    except CirnError as err:
-        sys.exit(f"error: {err}")
-    except KeyboardInterrupt:
-        sys.exit(130)
+    common.run_script(main)

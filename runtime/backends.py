@@ -13,6 +13,7 @@ Frames are (B, H, W, 3) as decoders give them; the backends transpose to the gra
 A missing library or GPU is a CirnError that says what to install. ONNX Runtime comes in two builds that must not be
 installed together (onnxruntime hides onnxruntime-gpu's CUDA provider): the messages say which to remove.
 """
+import abc
 import os
 import time
 from dataclasses import dataclass, field
@@ -86,7 +87,7 @@ def available_cores():
 
 
 # ---------------------------------------------------------------- the interface
-class Backend:
+class Backend(abc.ABC):
     """One loaded model. `backend(frames)` -> labels or probabilities; subclasses implement `_infer`.
 
     frames: (B, H, W, 3) uint8 RGB, any B; sizes the model accepts (`check_size`). Batches larger than the graph's
@@ -111,9 +112,9 @@ class Backend:
             output = _softmax(output)
         return output
 
+    @abc.abstractmethod
     def _infer(self, frames):
         """(b, H, W, 3) uint8 -> the graph's output as a host array; b <= metadata.max_batch."""
-        raise NotImplementedError
 
     def check_size(self, size):
         """A CirnError when the model cannot take frames of size (H, W)."""
@@ -140,7 +141,7 @@ class Backend:
         """One line: backend, device and what matters for speed."""
         return f"{self.name} on {self.device}"
 
-    def close(self):
+    def close(self):  # noqa: B027 (a no-op by default; backends that hold resources override it)
         """Release what the backend holds (sessions, GPU memory)."""
 
 

@@ -13,6 +13,7 @@ Frame names follow the Cityscapes pattern {city}_{sequence:06d}_{frame:06d}, so 
 line up with the ground truth of `cirn-data toy-video` for `cirn-eval`; images keep their own names (less a
 `_leftImg8bit` suffix), relative to the folder given.
 """
+import abc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ class SourceFrame:
     image: np.ndarray   # (H, W, 3) uint8 RGB
 
 
-class FrameSource:
+class FrameSource(abc.ABC):
     """Iterates SourceFrames of every `stride`-th frame; `kind`, `fps`, `count` (frames it will yield, or None when
     unknown), `size` (W, H) of the first frame, `decode_error` after iterating."""
 
@@ -44,10 +45,11 @@ class FrameSource:
         self.description, self.stride = description, stride
         self.fps, self.count, self.size, self.decode_error = None, None, None, None
 
+    @abc.abstractmethod
     def __iter__(self):
-        raise NotImplementedError
+        """Yield the frames of this source (stride applied) as SourceFrame."""
 
-    def close(self):
+    def close(self):  # noqa: B027 (a no-op by default; sources that hold a file override it)
         """Release the file or device."""
 
 

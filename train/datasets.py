@@ -8,6 +8,7 @@ Every item is a dict: image (3, H, W) float, label (H, W) long trainIds with 255
 name (relative, for prediction files) and size (original (H, W)). Models never read configs: the `build_*`
 functions translate a DataConfig into these constructors.
 """
+import abc
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +96,7 @@ def _check_root(root, layout):
     return root
 
 
-class SegmentationDataset(Dataset):
+class SegmentationDataset(Dataset, abc.ABC):
     """Loading, resizing, flipping and normalisation shared by the layouts; subclasses find samples and map labels.
 
     `samples`: list of (name, image_path, label_path or None). `size`: (width, height) output size or None.
@@ -121,9 +122,9 @@ class SegmentationDataset(Dataset):
     def __len__(self):
         return len(self.samples)
 
+    @abc.abstractmethod
     def read_trainids(self, path):
         """(H, W) uint8 trainIds (255 ignore) of one label file; the layout's own id mapping."""
-        raise NotImplementedError
 
     def _flip_now(self, seed):
         if not self.flip:
