@@ -104,7 +104,9 @@ def resolve_run(command, preset, config_file, overrides, out, resume, **data):
     saved config, with only the explicit overrides applied on top."""
     from pathlib import Path
 
+    from cirn.train import distributed
     from cirn.train.config import load_config, merge, read_yaml
+    distributed.init()  # under torchrun: join the process group (gloo on CPU, NCCL on GPUs)
     run_dir = Path(out or Path("runs") / command)
     extra = {k: v for k, v in data.items() if v is not None}
     model_keys = {"pretrained"}
@@ -119,7 +121,15 @@ def resolve_run(command, preset, config_file, overrides, out, resume, **data):
     return cfg, run_dir
 
 
+def _main_process():
+    """False in the torchrun processes other than 0, which train but print nothing."""
+    from cirn.train import distributed
+    return distributed.is_main()
+
+
 def print_summary(summary):
+    if not _main_process():
+        return
     click.echo(f"best target mIoU {summary['best_miou']:.2f} at iteration {summary['best_iteration']} "
                f"-> {summary['run_dir']}/best.pt")
 
@@ -169,8 +179,9 @@ def train_stage3(init, preset, config_file, overrides, out, resume, quiet, **dat
     from cirn.train import stage3
     cfg, run_dir = resolve_run("stage3", preset, config_file, overrides, out, resume, **data)
     result = stage3.run(cfg, run_dir, init=init, resume=resume, quiet=quiet)
-    click.echo(f"best target mIoU {result['best_miou']:.2f} after {len(result['rounds'])} round(s) -> "
-               f"{result['best']}")
+    if _main_process():
+        click.echo(f"best target mIoU {result['best_miou']:.2f} after {len(result['rounds'])} round(s) -> "
+                   f"{result['best']}")
 
 
 @train_main.command("all-stages", help="The whole method: source-only, stage 1, CIR, ASS, CIR+ASS, CIR+ASS+ST; "
@@ -218,6 +229,8 @@ def train_stage1(cir, beta, seg_model, intermediate_out, preset, config_file, ov
     flags = {"cir": cir, "beta": beta, "seg_checkpoint": str(Path(seg_model).resolve()) if seg_model else None}
     cfg = merge(cfg, {"stage1": {k: v for k, v in flags.items() if v is not None}})
     result = stage1.run(cfg, run_dir, resume=resume, quiet=quiet, intermediate_out=intermediate_out)
+    if not _main_process():
+        return
     if result["training"] is not None:
         click.echo(f"stage 1 ({result['method']}): {result['training']['iterations']} iterations -> "
                    f"{result['run_dir']}/checkpoints/last.pt")

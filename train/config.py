@@ -73,9 +73,13 @@ class ModelConfig:
     """Backbone init: '' (random), 'imagenet' (torchvision weights, needs them cached) or a file path."""
     width: int = 16
     """Base channel width of the tiny model (ignored by the others)."""
+    batchnorm: str = "auto"
+    """auto (frozen for DeepLab-v2 and a pretrained MobileNetV3, training otherwise) | frozen | train. Frozen
+    BatchNorm makes a torchrun run follow the single-process one exactly (no per-process batch statistics)."""
 
     def __post_init__(self):
         _check_choice("model.name", self.name, ("deeplabv2-r101", "deeplabv2-r50", "mobilenetv3", "tiny"))
+        _check_choice("model.batchnorm", self.batchnorm, ("auto", "frozen", "train"))
         if not 0 <= self.num_attention <= 8:
             raise CirnError(f"model.num_attention (K) must be in 0..8, got {self.num_attention}")
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from . import labels
+from . import distributed, labels
 from .errors import CirnError
 from .io import read_image, read_label
 
@@ -363,10 +363,12 @@ def build_val_dataset(cfg_data, normalization="imagenet"):
 
 # ---------------------------------------------------------------- endless, resumable batches
 class _StreamBatchSampler:
-    """Batches of (index, augmentation seed) keys, cut from the endless stream of per-epoch permutations."""
+    """Batches of (index, augmentation seed) keys, cut from the endless stream of per-epoch permutations; with
+    shard=(rank, world), this process's every world-th key of each global batch."""
 
-    def __init__(self, num_samples, batch_size, seed, position):
+    def __init__(self, num_samples, batch_size, seed, position, shard=(0, 1)):
         self.num_samples, self.batch_size, self.seed, self.position = num_samples, batch_size, seed, position
+        self.shard = shard
 
     def __iter__(self):
         epoch, offset = divmod(self.position, self.num_samples)
@@ -376,7 +378,8 @@ class _StreamBatchSampler:
             for i in range(offset, self.num_samples):
                 batch.append((int(order[i]), int(aug_seeds[i])))
                 if len(batch) == self.batch_size:
-                    yield batch
+                    rank, world = self.shard
+                    yield batch[rank::world]
                     batch = []
             epoch, offset = epoch + 1, 0
 
@@ -395,6 +398,9 @@ class InfiniteLoader:
     of that stream, so a batch may straddle two epochs and a dataset smaller than a batch still works. The whole
     state is {seed, position}, position = samples handed out so far: a restored loader replays the same stream
     from there, whatever num_workers is and whatever else consumed the global RNG.
+
+    Under torchrun, `batch_size` is the global batch and each process gets its 1/world share of every batch of that
+    stream (distributed.py), so N processes together see exactly the samples one process would.
     """
 
     def __init__(self, dataset, batch_size, seed=0, num_workers=0, position=0, pin_memory=False):
@@ -402,6 +408,8 @@ class InfiniteLoader:
             raise CirnError("cannot draw batches from an empty dataset")
         if batch_size < 1:
             raise CirnError(f"batch size must be at least 1, got {batch_size}")
+        distributed.shard_batch(batch_size)  # a global batch that does not split over the processes is an error
+        self.shard = (distributed.rank(), distributed.world_size())
         self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
         self.pin_memory = pin_memory
         self.seed, self.position = seed, position
@@ -416,7 +424,7 @@ class InfiniteLoader:
 
     def __next__(self):
         if self._batches is None:  # created lazily, so load_state_dict before the first batch costs nothing
-            sampler = _StreamBatchSampler(len(self.dataset), self.batch_size, self.seed, self.position)
+            sampler = _StreamBatchSampler(len(self.dataset), self.batch_size, self.seed, self.position, self.shard)
             # An own generator: DataLoader would otherwise draw its worker base seed from the global RNG and
             # shift the model's random stream whenever the loader (re)starts, e.g. after a resume.
             generator = torch.Generator().manual_seed(self.seed)

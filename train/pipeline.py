@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import labels as L
-from . import stage1, stage2, stage3, supervised
+from . import distributed, stage1, stage2, stage3, supervised
 from .io import atomic_write_text
 
 # The paper's Table 4 (GTA5 -> Cityscapes, 19 classes), for the chart.
@@ -26,6 +26,11 @@ def _with(cfg, **sections):
                                        for name, values in sections.items()})
 
 
+def _say(text):
+    if distributed.is_main():
+        print(text, flush=True)
+
+
 def _finished(run_dir):
     path = Path(run_dir) / "summary.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -35,9 +40,9 @@ def _step(name, run_dir, fn):
     """Run one step unless its folder says it finished; an interrupted step resumes from its checkpoint."""
     done = _finished(run_dir)
     if done is not None:
-        print(f"[all-stages] {name}: already finished, skipping ({run_dir})")
+        _say(f"[all-stages] {name}: already finished, skipping ({run_dir})")
         return done
-    print(f"[all-stages] {name} -> {run_dir}")
+    _say(f"[all-stages] {name} -> {run_dir}")
     # A step with a checkpoint continues from it; one without starts (again) from scratch.
     return fn(resume=(Path(run_dir) / "checkpoints" / "last.pt").exists())
 
@@ -54,9 +59,9 @@ def run(cfg, out, quiet=False):
           lambda resume: supervised.run(cfg, runs["SO"], domain="source", resume=resume, quiet=quiet))
     intermediate = runs["stage1"] / "intermediate"
     if (intermediate / "intermediate.json").exists():
-        print(f"[all-stages] stage 1: already finished, skipping ({intermediate})")
+        _say(f"[all-stages] stage 1: already finished, skipping ({intermediate})")
     else:
-        print(f"[all-stages] stage 1 ({cfg.stage1.cir}) -> {runs['stage1']}")
+        _say(f"[all-stages] stage 1 ({cfg.stage1.cir}) -> {runs['stage1']}")
         cfg_s1 = _with(cfg, stage1={"seg_checkpoint": str(runs["SO"] / "best.pt")})
         stage1.run(cfg_s1, runs["stage1"], resume=(runs["stage1"] / "checkpoints" / "last.pt").exists(),
                    quiet=quiet)
@@ -71,14 +76,16 @@ def run(cfg, out, quiet=False):
                lambda resume: stage3.run(cfg_int, runs["CIR+ASS+ST"], init=runs["CIR+ASS"] / "best.pt",
                                          resume=resume, quiet=quiet))
 
+    if not distributed.is_main():
+        return None  # process 0 writes the table and the figures
     best = {row: runs[row] / "best.pt" for row in ROWS if row != "CIR+ASS+ST"}
     best["CIR+ASS+ST"] = Path(st["best"])
     ablation = build_ablation(best, cfg)
     atomic_write_text(out / "ablation.json", json.dumps(ablation, indent=2))
-    print(format_ablation(ablation))
+    _say(format_ablation(ablation))
     plot_ablation(ablation, out / "ablation.png")
     plot_examples(best, cfg, intermediate, out / "examples.png")
-    print(f"[all-stages] wrote {out / 'ablation.json'}, {out / 'ablation.png'}, {out / 'examples.png'}")
+    _say(f"[all-stages] wrote {out / 'ablation.json'}, {out / 'ablation.png'}, {out / 'examples.png'}")
     return ablation
 
 

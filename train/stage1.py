@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from . import fda
+from . import distributed, fda
 from .datasets import (CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD, build_source_dataset, build_target_dataset,
                        denormalize, infinite_loader)
+from .distributed import average_gradients
 from .engine import (autocast, grad_scaler, load_model, prepare_run_dir, resolve_device, seed_everything, set_lr,
                      train_loop)
 from .errors import CirnError
@@ -203,6 +204,7 @@ def train_step(nets, seg_model, opt_gen, opt_disc, pool_src, pool_trg, images_sr
         if seg_model is not None:
             losses["loss_sem"] = s1.lambda_sem * semantic_consistency_loss(seg_model, fake_trg, labels_src)
     scaler.scale(sum(losses.values())).backward()
+    average_gradients(nets.gen_s2t, nets.gen_t2s)  # under torchrun: the gradients of the global batch
     scaler.step(opt_gen)
 
     _requires_grad(discs, True)
@@ -214,6 +216,7 @@ def train_step(nets, seg_model, opt_gen, opt_disc, pool_src, pool_trg, images_sr
         losses["loss_d_src"] = discriminator_loss(nets.disc_src(images_src), nets.disc_src(pool_src.query(fake_src)),
                                                   mode)
     scaler.scale(losses["loss_d_trg"] + losses["loss_d_src"]).backward()
+    average_gradients(*discs)
     scaler.step(opt_disc)
     scaler.update()
     return {key: value.item() for key, value in losses.items()}
@@ -243,7 +246,7 @@ def run(cfg, run_dir, resume=False, quiet=False, intermediate_out=None):
     out = Path(intermediate_out) if intermediate_out else Path(run_dir) / "intermediate"
     if s1.cir == "fda":
         run_dir = prepare_run_dir(run_dir, cfg, resume)
-        manifest = fda.translate_fda(cfg, out, quiet=quiet)
+        manifest = distributed.on_main(lambda: fda.translate_fda(cfg, out, quiet=quiet), lambda: read_manifest(out))
         return {"run_dir": str(run_dir), "method": "fda", "intermediate": str(out), "count": manifest["count"],
                 "training": None}
 
@@ -284,8 +287,10 @@ def run(cfg, run_dir, resume=False, quiet=False, intermediate_out=None):
     desc = "stage1 (cyclegan" + (" + semantic consistency)" if seg_model is not None else ")")
     summary = train_loop(cfg, run_dir, modules, extras, step, lambda: (next(batches_src), next(batches_trg)),
                          keeper, resume, desc, quiet=quiet)
-    manifest = translate_cyclegan(nets.gen_s2t, cfg, out, device, quiet=quiet,
-                                  checkpoint=Path(run_dir) / "checkpoints" / "last.pt")
+    manifest = distributed.on_main(
+        lambda: translate_cyclegan(nets.gen_s2t, cfg, out, device, quiet=quiet,
+                                   checkpoint=Path(run_dir) / "checkpoints" / "last.pt"),
+        lambda: read_manifest(out))
     return {"run_dir": str(run_dir), "method": "cyclegan", "intermediate": str(out), "count": manifest["count"],
             "training": summary}
 
@@ -322,6 +327,10 @@ def translate_cyclegan(gen_s2t, cfg, out_dir, device, quiet=False, checkpoint=""
     identity = {"method": "cyclegan", "generator_digest": weights_digest(gen_s2t)}
     return write_intermediate(out_dir, cfg.data, source_set, translate, identity, quiet=quiet,
                               info={"checkpoint": str(checkpoint)})
+
+
+def read_manifest(out_dir):
+    return json.loads((Path(out_dir) / MANIFEST).read_text())
 
 
 def _claim(out_dir, identity):

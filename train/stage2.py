@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .datasets import build_train_dataset, build_val_dataset, infinite_loader
+from .distributed import average_gradients
 from .engine import (BestKeeper, autocast, grad_scaler, poly_lr, prepare_run_dir, resolve_device,
                      seed_everything, seg_optimizer, set_lr, train_loop)
 from .losses import adversarial_loss, disagreement_map, discriminator_loss, seg_loss, weight_discrepancy
@@ -55,6 +56,7 @@ def train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_tr
                                                 None if preheat else weight_map,
                                                 lambda_cos=adapt.lambda_cos, eps=adapt.eps)
     scaler.scale((loss_d_src + loss_d_trg) / 2).backward()  # each domain's term halved, as CLAN/AdaptSegNet
+    average_gradients(model, disc)  # under torchrun: the gradients of the global batch
     scaler.step(opt_seg)
     scaler.step(opt_disc)
     scaler.update()

@@ -7,6 +7,7 @@ loader reads them back with the images of the target root.
 """
 import dataclasses
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from . import labels as L
-from . import supervised
+from . import distributed, supervised
 from .datasets import build_target_dataset
 from .engine import load_model, resolve_device
 from .errors import CirnError
@@ -66,6 +67,10 @@ def _predict(model, dataset, device):
         logits = model.fused(batch["image"].to(device))  # (1, C, h, w)
         height, width = (int(v) for v in batch["size"][0])
         yield batch["name"][0], F.softmax(upsample(logits.float(), (height, width)), dim=1)[0]
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
 
 
 def generate(model_path, cfg, out_dir, portion, device=None, quiet=False):
@@ -135,7 +140,8 @@ def run(cfg, run_dir, init, resume=False, quiet=False):
     for r in range(s3.rounds):
         round_dir = run_dir / f"round{r + 1}"
         portion = min(s3.portion + r * s3.portion_step, s3.portion_max)
-        pseudo = generate(model_path, cfg, round_dir / "pseudo", portion, quiet=quiet)
+        pseudo = distributed.on_main(partial(generate, model_path, cfg, round_dir / "pseudo", portion, quiet=quiet),
+                                     partial(read_json, round_dir / "pseudo" / "summary.json"))
         done = round_dir / "summary.json"
         if done.exists():
             print(f"stage 3 round {r + 1}: already finished, skipping ({done})")
@@ -151,5 +157,7 @@ def run(cfg, run_dir, init, resume=False, quiet=False):
         model_path = round_dir / "best.pt"
     result = {"run_dir": str(run_dir), "rounds": summaries, "best_miou": summaries[-1]["best_miou"],
               "best_iteration": summaries[-1]["best_iteration"], "best": str(model_path)}
-    atomic_write_text(run_dir / "summary.json", json.dumps(result, indent=2))
+    if distributed.is_main():
+        atomic_write_text(run_dir / "summary.json", json.dumps(result, indent=2))
+    distributed.barrier()
     return result

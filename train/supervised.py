@@ -1,6 +1,7 @@
 """Supervised training: the source-only baseline (SO), the oracle (target labels) and CIR (SO on the intermediate
 domain, when data.intermediate_root is set). One loop: segmentation CE on the fused C + ACM logits."""
 
+from .distributed import average_gradients
 from .datasets import build_train_dataset, build_val_dataset, infinite_loader
 from .engine import (BestKeeper, autocast, grad_scaler, init_from_checkpoint, poly_lr, prepare_run_dir,
                      resolve_device, seed_everything, seg_optimizer, set_lr, train_loop)
@@ -16,6 +17,7 @@ def train_step(model, optimizer, images, labels, amp_ctx, scaler):
     loss_seg = seg_loss(logits, labels)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss_seg).backward()
+    average_gradients(model)  # under torchrun: the gradient of the global batch
     scaler.step(optimizer)
     scaler.update()
     return {"loss_seg": loss_seg.item()}

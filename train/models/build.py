@@ -39,10 +39,12 @@ def build_model(model_cfg, load_weights=True):
     Pass load_weights=False when a checkpoint is loaded next (resume, export): its state dict restores the weights
     and model.normalization. BatchNorm is frozen where its statistics come from pretrained weights (batch-1
     training cannot re-estimate them): always for DeepLab-v2 (the reference protocol), for MobileNetV3 when
-    pretrained; the tiny model trains its BatchNorm from scratch.
+    pretrained; the tiny model trains its BatchNorm from scratch. model_cfg.batchnorm = frozen | train overrides.
     """
     name = model_cfg.name
     freeze_bn = name.startswith("deeplabv2") or (name == "mobilenetv3" and bool(model_cfg.pretrained))
+    if model_cfg.batchnorm != "auto":
+        freeze_bn = model_cfg.batchnorm == "frozen"
     model = create_model(name, model_cfg.num_classes, model_cfg.num_attention, base_width=model_cfg.width,
                          freeze_bn=freeze_bn)
     if load_weights:
