@@ -6,7 +6,7 @@ ROOTS = {"cirn": "cirn", "cirn.train": "train", "cirn.export": "export", "cirn.r
 
 
 def packages():
-    """Every folder with an __init__.py under the four roots, named as it installs (train/models -> cirn.train.models)."""
+    """Every folder with an __init__.py under the four roots, named as installed (train/models -> cirn.train.models)."""
     found = []
     for name, folder in ROOTS.items():
         for init in sorted(Path(folder).rglob("__init__.py")):

@@ -316,8 +316,9 @@ def data_toy_video(out, frames, fps, seed, size, speed):
 @click.command(help="Segment a dashcam video (or an image, a folder of images, a camera index) with a trained model: "
                     "an overlay MP4, per-frame label PNGs, an NPZ and a JSON summary with FPS per stage. Decoding, "
                     "inference and encoding run in parallel. Without --model: the newest model.onnx under ./runs, "
-                    "else the newest best.pt.")
-@click.argument("source")
+                    "else the newest best.pt. Several sources (videos, folders) go to --out-dir, and can be split over "
+                    "processes or GPUs with --shard I/N or torchrun.")
+@click.argument("sources", nargs=-1, required=True)
 @click.option("--model", type=click.Path(dir_okay=False), default=None,
               help="A .pt checkpoint, an exported .onnx, or a TensorRT .engine.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
@@ -345,15 +346,36 @@ def data_toy_video(out, frames, fps, seed, size, speed):
 @click.option("--cuda-graph", is_flag=True, help="Replay TensorRT engines through CUDA graphs.")
 @click.option("--benchmark", is_flag=True, help="First time the backend alone on the same frames: the summary's "
                                                 "benchmark.ratio = end-to-end FPS / pure-inference FPS.")
+@click.option("--bad-frames", type=click.Choice(["stop", "skip", "fail"]), default="stop", show_default=True,
+              help="An undecodable frame or image: stop there keeping what came before, skip it (counted in the "
+                   "summary), or fail writing nothing.")
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+              help="Outputs of several sources: NAME_seg.mp4/.json per video, labels/NAME/ per folder.")
+@click.option("--shard", default=None, help="I/N: process only this shard of the sources (videos round-robin, "
+                                            "folders image by image) [default under torchrun: RANK/WORLD_SIZE].")
+@click.option("--labels", is_flag=True, help="With --out-dir: also the videos' per-frame PNGs in OUT/labels.")
 @click.option("--quiet", is_flag=True, help="No progress bar or summary lines.")
 @click.version_option(__version__)
 @user_errors
-def run_main(source, model, out, backend, device, precision, batch, stride, imgsz, labels_dir, npz, summary,
-             side_by_side, alpha, threads, compile_, cuda_graph, benchmark, quiet):
+def run_main(sources, model, out, backend, device, precision, batch, stride, imgsz, labels_dir, npz, summary,
+             side_by_side, alpha, threads, compile_, cuda_graph, benchmark, bad_frames, out_dir, shard, labels, quiet):
     from cirn.runtime import Interrupted
+    from cirn.runtime.shard import parse_shard, pin_gpu
+    pin_gpu()
+    shard = parse_shard(shard)
+    opts = {"backend": backend, "device": device, "precision": precision, "threads": threads, "compile_": compile_,
+            "cuda_graph": cuda_graph, "batch": batch, "stride": stride, "imgsz": imgsz, "alpha": alpha,
+            "side_by_side": side_by_side, "benchmark": benchmark, "bad_frames": bad_frames, "quiet": quiet}
     try:
-        _run_command(source, model, out, backend, device, precision, batch, stride, imgsz, labels_dir, npz, summary,
-                     side_by_side, alpha, threads, compile_, cuda_graph, benchmark, quiet)
+        if len(sources) > 1 or out_dir or shard[1] > 1:
+            given = [flag for flag, value in (("--out", out), ("--labels-dir", labels_dir), ("--npz", npz),
+                                              ("--summary", summary)) if value]
+            if given:
+                raise click.UsageError(f"{', '.join(given)} name the outputs of one source; with several sources or "
+                                       "--shard, use --out-dir (and --labels)")
+            _run_many(sources, model, out_dir, shard, labels, opts)
+        else:
+            _run_command(sources[0], model, out, labels_dir, npz, summary, opts)
     except Interrupted as stop:
         video, saved = stop.summary["outputs"].get("video"), stop.summary.get("summary")
         click.echo(f"interrupted: stopped after {stop.summary['frames']['processed']} frames"
@@ -366,25 +388,57 @@ def run_main(source, model, out, backend, device, precision, batch, stride, imgs
         sys.exit(130)
 
 
-def _run_command(source, model, out, backend, device, precision, batch, stride, imgsz, labels_dir, npz, summary,
-                 side_by_side, alpha, threads, compile_, cuda_graph, benchmark, quiet):
+def _open_model(model, opts):
     from pathlib import Path
 
-    from cirn.runtime import find_default_model, format_summary, open_backend, open_source, run
+    from cirn.runtime import find_default_model, open_backend
     model = Path(model) if model else find_default_model()
-    probe = open_source(source)  # a bad source fails before the model loads
+    loaded = open_backend(model, opts["backend"], opts["device"], precision=opts["precision"],
+                          threads=opts["threads"], compile=opts["compile_"], cuda_graph=opts["cuda_graph"],
+                          max_batch=max(opts["batch"], 1))
+    if not opts["quiet"]:
+        click.echo(f"cirn-run: {model} with {loaded.describe()}", err=True)
+    return loaded
+
+
+def _run_options(opts):
+    """The keyword arguments of runtime.run among the CLI options."""
+    keys = ("batch", "stride", "imgsz", "alpha", "side_by_side", "benchmark", "bad_frames", "quiet")
+    return {key: opts[key] for key in keys}
+
+
+def _run_command(source, model, out, labels_dir, npz, summary, opts):
+    from pathlib import Path
+
+    from cirn.runtime import format_summary, open_source, run
+    probe = open_source(source, bad_frames=opts["bad_frames"])  # a bad source fails before the model loads
     kind, name = probe.kind, getattr(probe, "city", None)
     probe.close()
     if out is None and kind in ("video", "camera"):
         out = f"{name}_seg.mp4"
     if summary is None and out is not None:
         summary = str(Path(out).with_suffix(".json"))
-    loaded = open_backend(model, backend, device, precision=precision, threads=threads, compile=compile_,
-                          cuda_graph=cuda_graph, max_batch=max(batch, 1))
-    if not quiet:
-        click.echo(f"cirn-run: {model} with {loaded.describe()}", err=True)
+    loaded = _open_model(model, opts)
     info = run(int(source) if kind == "camera" else source, loaded, out=out, labels_dir=labels_dir, npz=npz,
-               summary=summary, batch=batch, stride=stride, imgsz=imgsz, alpha=alpha, side_by_side=side_by_side,
-               benchmark=benchmark, quiet=quiet)
-    if not quiet:
+               summary=summary, **_run_options(opts))
+    if not opts["quiet"]:
         click.echo(format_summary(info))
+
+
+def _run_many(sources, model, out_dir, shard, labels, opts):
+    """This shard's part of `sources`, one after the other, into out_dir."""
+    from cirn.runtime import format_summary, run
+    from cirn.runtime.shard import outputs, plan
+    if not out_dir:
+        raise click.UsageError("several sources, or --shard, need --out-dir")
+    jobs = plan(sources, shard, opts["stride"])
+    tag = f"shard {shard[0]}/{shard[1]}: " if shard[1] > 1 else ""
+    if not jobs:
+        click.echo(f"{tag}no work: fewer sources than shards", err=True)
+        return
+    loaded = _open_model(model, opts)
+    for job in jobs:
+        source = int(job.source) if job.kind == "camera" else job.source
+        info = run(source, loaded, files=job.files, **outputs(job, out_dir, shard, labels), **_run_options(opts))
+        if not opts["quiet"]:
+            click.echo(f"{tag}{job.name}: " + format_summary(info))

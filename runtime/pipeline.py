@@ -39,7 +39,7 @@ from cirn.train.io import json_ready
 
 from .backends import available_cores, to_labels
 from .outputs import Outputs, resize_frame, write_atomically
-from .sources import open_source
+from .sources import BadFrame, open_source
 
 QUEUE_BATCHES = 2        # batches each queue holds
 BENCHMARK_MEMORY = 2 << 30  # bytes of decoded frames the pure-inference benchmark may hold
@@ -56,10 +56,10 @@ class Interrupted(KeyboardInterrupt):
 
 
 class _End:
-    """The end of the frames, with the reason when decoding failed."""
+    """The end of the frames, with the reason when decoding failed; `fatal`: a BadFrame that fails the run."""
 
     def __init__(self, error=None):
-        self.error = error
+        self.error, self.fatal = error, None
 
 
 def _put(q, item, stop):
@@ -144,6 +144,8 @@ class _Decoder(threading.Thread):
                 self.frames += 1
                 if not _put(self.out_q, (frame, model_input), self.stop):
                     break
+        except BadFrame as err:  # --bad-frames fail: the run fails
+            end.fatal = err
         except Exception as err:  # any failure of the decoder ends the stream; what came before is kept
             end.error = f"decoding failed after {self.frames} frames: {type(err).__name__}: {err}"
         if end.error is None:
@@ -193,10 +195,10 @@ def _progress(total, quiet):
                 smoothing=0.1, mininterval=0.5)
 
 
-def benchmark_inference(backend, source, size, stride=1, batch=1, max_bytes=BENCHMARK_MEMORY):
+def benchmark_inference(backend, source, size, stride=1, batch=1, max_bytes=BENCHMARK_MEMORY, files=None):
     """The backend alone on the frames of `source` (decoded and resized into memory first, as much as max_bytes
     holds): {'frames', 'seconds', 'fps', 'latency_ms'} of one pass in batches of `batch`."""
-    src = open_source(source, stride)
+    src = open_source(source, stride, "skip", files)
     try:
         if src.kind == "camera":
             raise CirnError("--benchmark needs a file source: a camera cannot be replayed")
@@ -220,7 +222,7 @@ def benchmark_inference(backend, source, size, stride=1, batch=1, max_bytes=BENC
 
 
 def run(source, backend, out=None, labels_dir=None, npz=None, summary=None, batch=1, stride=1, imgsz=None,
-        alpha=0.5, side_by_side=False, benchmark=False, quiet=False, log=None):
+        alpha=0.5, side_by_side=False, benchmark=False, quiet=False, log=None, bad_frames="stop", files=None):
     """Segment every `stride`-th frame of `source` with `backend`; returns the summary dict (also written to
     `summary` as JSON when given).
 
@@ -229,7 +231,8 @@ def run(source, backend, out=None, labels_dir=None, npz=None, summary=None, batc
     one .npz. batch: frames per backend call. imgsz: (H, W) for a dynamic model (default: the model's size).
     alpha: overlay opacity. side_by_side: the input left of the overlay. benchmark: time the backend alone on the
     same frames first (summary['benchmark']). quiet: no progress bar. log: a callable for warnings (default:
-    stderr).
+    stderr). bad_frames: stop | skip | fail on an undecodable frame (sources.py). files: only these images of a
+    folder source (a shard).
     Raises Interrupted (a KeyboardInterrupt) on Ctrl-C after finalising the partial outputs.
     """
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -242,10 +245,10 @@ def run(source, backend, out=None, labels_dir=None, npz=None, summary=None, batc
             raise CirnError(f"an output ({path}) would overwrite the source")
     if not 0.0 <= alpha <= 1.0:
         raise CirnError(f"--alpha must be between 0 and 1, got {alpha}")
-    src = open_source(source, stride)  # errors (missing file, not a video, no frames) before any output
+    src = open_source(source, stride, bad_frames, files)  # a missing file, not a video, no frames: before any output
     try:
         warmup_s = backend.warmup(size, batch)
-        bench = benchmark_inference(backend, source, size, stride, batch) if benchmark else None
+        bench = benchmark_inference(backend, source, size, stride, batch, files=files) if benchmark else None
         fps_in = src.fps if src.kind in ("video", "camera") and src.fps else IMAGE_FPS
         outputs = Outputs(backend.metadata, video=out, fps=fps_in / stride, labels_dir=labels_dir, npz=npz,
                           alpha=alpha, side_by_side=side_by_side, bin_frames=max(1, round(fps_in)))
@@ -262,6 +265,9 @@ def run(source, backend, out=None, labels_dir=None, npz=None, summary=None, batc
         raise Interrupted(info)
     if result["decode_error"]:
         log(f"warning: {result['decode_error']}; kept the {result['frames']} frames processed before it")
+    if src.skipped:
+        log(f"warning: skipped {len(src.skipped)} undecodable frames (--bad-frames skip): "
+            f"{', '.join(src.skipped[:5])}{' ...' if len(src.skipped) > 5 else ''}")
     return info
 
 
@@ -288,6 +294,8 @@ def _run_threads(src, backend, outputs, size, batch, quiet):
                     break
                 items.append(item)
             wait_s += time.perf_counter() - t0
+            if end is not None and end.fatal is not None:
+                raise end.fatal
             if not items:
                 break
             t0 = time.perf_counter()
@@ -345,7 +353,8 @@ def _summary(source, src, backend, size, batch, stride, result, bench, warmup_s)
         "model": backend.path, "checkpoint": backend.metadata.raw.get("source_checkpoint"),
         "backend": backend.name, "device": backend.device,
         "backend_detail": backend.describe(), "input_size": list(size), "batch": batch, "stride": stride,
-        "frames": {"processed": frames, "decoded": result["decoded"], "expected": src.count},
+        "frames": {"processed": frames, "decoded": result["decoded"], "expected": src.count,
+                   "skipped": len(src.skipped), "skipped_names": src.skipped},
         "complete": result["stopped"] is None,
         "stopped": result["stopped"], "decode_error": result["decode_error"],
         "note": ("interrupted (Ctrl-C): the outputs hold the frames processed before it" if result["stopped"] ==

@@ -6,8 +6,11 @@
     source.decode_error           # None, or why decoding stopped before the end the container announced
 
 open_source checks everything it can before the first frame is used (a missing file, a file that is not a video,
-a codec OpenCV's FFmpeg lacks, a video without frames): each is a CirnError naming the file. A failure later in the
-stream ends the iteration and is kept in `decode_error`, so what was decoded before it is still processed.
+a codec OpenCV's FFmpeg lacks, a video without frames): each is a CirnError naming the file. A frame or image that
+cannot be decoded later on is handled by the `bad_frames` policy:
+    stop  (default) end the iteration there, keeping the reason in `decode_error`: what came before is processed;
+    skip  leave it out, note it in `skipped` (frame names) and go on;
+    fail  raise BadFrame (a CirnError naming the frame): the run fails and writes nothing.
 
 Frame names follow the Cityscapes pattern {city}_{sequence:06d}_{frame:06d}, so per-frame label PNGs of a video
 line up with the ground truth of `cirn-data toy-video` for `cirn-eval`; images keep their own names (less a
@@ -23,6 +26,12 @@ from cirn.train.datasets import CITYSCAPES_IMAGE_SUFFIX, IMAGE_SUFFIXES
 from cirn.train.errors import CirnError
 
 SEQUENCE = 0  # the Cityscapes sequence number in a video's frame names (toy.CLIP_SEQUENCE)
+BAD_FRAME_POLICIES = ("stop", "skip", "fail")
+MAX_BAD_IN_A_ROW = 50  # skip: this many undecodable frames in a row end a video (a truncated file, not a glitch)
+
+
+class BadFrame(CirnError):
+    """A frame or image that could not be decoded, under bad_frames='fail'."""
 
 
 @dataclass
@@ -35,15 +44,30 @@ class SourceFrame:
 
 class FrameSource(abc.ABC):
     """Iterates SourceFrames of every `stride`-th frame; `kind`, `fps`, `count` (frames it will yield, or None when
-    unknown), `size` (W, H) of the first frame, `decode_error` after iterating."""
+    unknown), `size` (W, H) of the first frame, `decode_error` and `skipped` (names of undecodable frames) after
+    iterating."""
 
     kind = "source"
 
-    def __init__(self, description, stride=1):
+    def __init__(self, description, stride=1, bad_frames="stop"):
         if stride < 1:
             raise CirnError(f"--stride must be at least 1, got {stride}")
-        self.description, self.stride = description, stride
+        if bad_frames not in BAD_FRAME_POLICIES:
+            raise CirnError(f"--bad-frames must be one of {', '.join(BAD_FRAME_POLICIES)}, got {bad_frames!r}")
+        self.description, self.stride, self.bad_frames = description, stride, bad_frames
         self.fps, self.count, self.size, self.decode_error = None, None, None, None
+        self.skipped = []
+
+    def _bad(self, name, reason):
+        """Apply the bad-frame policy to frame `name`: True = skip it and go on, False = stop here."""
+        if self.bad_frames == "fail":
+            raise BadFrame(f"{self.description}: {reason} (--bad-frames skip leaves such frames out, stop keeps "
+                           "what came before)")
+        if self.bad_frames == "skip":
+            self.skipped.append(name)
+            return True
+        self.decode_error = reason
+        return False
 
     @abc.abstractmethod
     def __iter__(self):
@@ -66,32 +90,51 @@ def _read_rgb(path):
     return np.ascontiguousarray(read_image(path))
 
 
-class ImageSource(FrameSource):
-    """One image file, or every image under a folder (sorted, recursive)."""
+def list_images(folder):
+    """Every image file under `folder`, sorted, recursive; an error when there is none."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise CirnError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+    return files
 
-    def __init__(self, path, stride=1):
-        super().__init__(str(path), stride)
+
+class ImageSource(FrameSource):
+    """One image file, or every image under a folder (sorted, recursive); `files`: only these images of the folder
+    (a shard of it, already strided)."""
+
+    def __init__(self, path, stride=1, bad_frames="stop", files=None):
+        super().__init__(str(path), stride, bad_frames)
         path = Path(path)
         if path.is_dir():
             self.kind, self.root = "folder", path
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not files:
-                raise CirnError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {path}")
+            self.files = list(files) if files is not None else list_images(path)[::stride]
         else:
-            self.kind, self.root, files = "image", None, [path]
-        self.files = files[::stride]
+            self.kind, self.root, self.files = "image", None, [path]
         self.count = len(self.files)
-        first = _read_rgb(self.files[0])  # a broken first image is an error now, not mid-run
+        if not self.files:
+            raise CirnError(f"no images of {path} to process")
+        first = None
+        for candidate in self.files if bad_frames == "skip" else self.files[:1]:
+            try:
+                first = _read_rgb(candidate)  # a broken first image is an error now, not mid-run
+                break
+            except CirnError:
+                if bad_frames != "skip":
+                    raise
+        if first is None:
+            raise CirnError(f"none of the {len(self.files)} images of {path} can be read")
         self.size = (first.shape[1], first.shape[0])
 
     def __iter__(self):
         for k, path in enumerate(self.files):
+            name = _name_of(path, self.root)
             try:
                 image = _read_rgb(path)
             except CirnError as err:
-                self.decode_error = str(err)
+                if self._bad(name, str(err)):
+                    continue
                 return
-            yield SourceFrame(k * self.stride, _name_of(path, self.root), image)
+            yield SourceFrame(k * self.stride, name, image)
 
 
 class VideoSource(FrameSource):
@@ -101,10 +144,10 @@ class VideoSource(FrameSource):
     container announces is a decode error (kept in `decode_error`); a camera simply ends.
     """
 
-    def __init__(self, spec, stride=1):
+    def __init__(self, spec, stride=1, bad_frames="stop"):
         import cv2
         camera = isinstance(spec, int)
-        super().__init__(f"camera {spec}" if camera else str(spec), stride)
+        super().__init__(f"camera {spec}" if camera else str(spec), stride, bad_frames)
         self.kind = "camera" if camera else "video"
         self.cv2 = cv2
         self.capture = cv2.VideoCapture(spec) if camera else cv2.VideoCapture(str(spec), cv2.CAP_FFMPEG)
@@ -139,18 +182,31 @@ class VideoSource(FrameSource):
         return f"{self.city}_{SEQUENCE:06d}_{index:06d}"
 
     def __iter__(self):
-        cv2, index, frame = self.cv2, 0, self.first
+        cv2, index, frame, bad_in_a_row = self.cv2, 0, self.first, 0
         self.first = None
         while True:
             if frame is None:
+                error = None
                 try:
                     ok, frame = self.capture.read()
                 except cv2.error as err:
-                    ok, self.decode_error = False, f"decoding failed at frame {index}: {err}"
+                    ok, error = False, f"decoding failed at frame {index}: {err}"
                 if not ok:
-                    if self.total and index < self.total and self.decode_error is None:
-                        self.decode_error = f"decoding stopped at frame {index} of the {self.total} announced"
-                    return
+                    if not self.total or index >= self.total:
+                        return  # the end (a camera, or as many frames as announced)
+                    # FFmpeg gives up on an undecodable frame and carries on with the next one, if any.
+                    bad_in_a_row += 1
+                    reason = error or f"decoding stopped at frame {index} of the {self.total} announced"
+                    if bad_in_a_row >= MAX_BAD_IN_A_ROW:
+                        self.skipped = self.skipped[:len(self.skipped) - bad_in_a_row + 1]
+                        self.decode_error = f"decoding stopped at frame {index - bad_in_a_row + 1} of the " \
+                                            f"{self.total} announced ({bad_in_a_row} frames in a row failed)"
+                        return
+                    if not self._bad(self.name(index), reason):
+                        return
+                    frame, index = None, index + 1
+                    continue
+                bad_in_a_row = 0
             yield SourceFrame(index, self.name(index), cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
             frame = None
             for _ in range(self.stride - 1):  # skipped frames: demuxed and decoded, never converted
@@ -165,14 +221,14 @@ class VideoSource(FrameSource):
         self.capture.release()
 
 
-def open_source(spec, stride=1):
-    """A FrameSource for `spec`: an int (or digits) = camera index, a folder = its images, an image file, else a
-    video file. Raises CirnError for anything that cannot yield a first frame."""
+def open_source(spec, stride=1, bad_frames="stop", files=None):
+    """A FrameSource for `spec`: an int (or digits) = camera index, a folder = its images (or only `files` of it),
+    an image file, else a video file. Raises CirnError for anything that cannot yield a first frame."""
     if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit() and not Path(spec).exists()):
-        return VideoSource(int(spec), stride)
+        return VideoSource(int(spec), stride, bad_frames)
     path = Path(spec).expanduser()
     if not path.exists():
         raise CirnError(f"source {path} does not exist")
     if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
-        return ImageSource(path, stride)
-    return VideoSource(path, stride)
+        return ImageSource(path, stride, bad_frames, files)
+    return VideoSource(path, stride, bad_frames)

@@ -217,7 +217,8 @@ def test_pipeline_keeps_count_and_order(tmp_path, kind):
     info = run(source, backend, out=tmp_path / "out.mp4", labels_dir=tmp_path / "labels", npz=tmp_path / "l.npz",
                summary=tmp_path / "summary.json", batch=3, stride=2, quiet=True)
     assert backend.batches == [3, 2]
-    assert info["frames"] == {"processed": 5, "decoded": 5, "expected": 5} and info["complete"]
+    assert info["frames"] == {"processed": 5, "decoded": 5, "expected": 5, "skipped": 0, "skipped_names": []}
+    assert info["complete"]
     for name, k in zip(names, range(0, 10, 2), strict=True):
         labels = cv2.imread(str(tmp_path / "labels" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
         assert labels.shape == (32, 64) and (labels == k).all(), name

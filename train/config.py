@@ -49,11 +49,15 @@ class DataConfig:
     """Random horizontal flip of training images."""
     num_workers: int = 0
     """DataLoader worker processes."""
+    bad_images: str = "fail"
+    """An unreadable training image or label: fail (an error naming the file) | skip (warn, leave it out, list it in
+    the run's summary.json as skipped_images; with num_workers > 0 only the warnings name those the workers met)."""
 
     def __post_init__(self):
         _check_choice("data.source", self.source, ("toy", "gta5", "synthia"))
         _check_choice("data.target", self.target, ("toy", "cityscapes"))
         _check_choice("data.protocol", self.protocol, (19, 16, 13))
+        _check_choice("data.bad_images", self.bad_images, ("fail", "skip"))
         for name in ("source_size", "target_size"):
             size = tuple(getattr(self, name))
             if len(size) != 2 or min(size) < 8:

@@ -9,6 +9,7 @@ name (relative, for prediction files) and size (original (H, W)). Models never r
 functions translate a DataConfig into these constructors.
 """
 import abc
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,11 @@ class SegmentationDataset(Dataset, abc.ABC):
     `label_size`: 'image' resizes labels (nearest) to the output image size (training); 'original' keeps them as
     stored, so evaluation compares at full resolution. Indexing with an (index, seed) pair, as infinite_loader
     does, draws the random flip from `seed` instead of torch's global RNG (exact resume, any number of workers).
+    `bad_images`: 'fail' (an unreadable image or label is an error naming it) or 'skip' (warn once, name it in
+    `skipped` and use the next sample instead; data.bad_images for the training sets).
     """
+
+    bad_images = "fail"
 
     def __init__(self, samples, size=None, flip=False, normalization="imagenet", label_size="image",
                  with_labels=True, max_images=0):
@@ -118,6 +123,7 @@ class SegmentationDataset(Dataset, abc.ABC):
         self.normalization = normalization
         self.label_size = label_size
         self.with_labels = with_labels
+        self.skipped = set()  # names of unreadable samples left out (this process's; workers keep their own)
 
     def __len__(self):
         return len(self.samples)
@@ -135,6 +141,20 @@ class SegmentationDataset(Dataset, abc.ABC):
 
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, None)
+        try:
+            return self._load(index, seed)
+        except CirnError as err:
+            if self.bad_images != "skip":
+                raise
+            name = self.samples[index][0]
+            if name not in self.skipped:
+                self.skipped.add(name)
+                print(f"warning: skipped sample {name}: {err} (data.bad_images=skip)", file=sys.stderr, flush=True)
+            if len(self.skipped) == len(self):
+                raise CirnError(f"none of the {len(self)} samples can be read (last: {err})") from None
+            return self[((index + 1) % len(self), seed)]
+
+    def _load(self, index, seed):
         name, image_path, label_path = self.samples[index]
         image = read_image(image_path)  # (H, W, 3) uint8 RGB
         height, width = image.shape[:2]
@@ -340,18 +360,22 @@ def build_target_dataset(cfg_data, normalization="imagenet", with_labels=False, 
 
 
 def build_train_dataset(cfg_data, domain, normalization="imagenet", with_labels=True):
-    """'source' (intermediate domain when set) or 'target' training set; the target is labelled only if asked."""
+    """'source' (intermediate domain when set) or 'target' training set; the target is labelled only if asked.
+    Unreadable samples follow data.bad_images."""
     if domain == "source":
-        return build_source_dataset(cfg_data, normalization, with_labels=with_labels)
-    if domain == "target":
-        return build_target_dataset(cfg_data, normalization, with_labels=with_labels)
-    if domain == "pseudo":
+        dataset = build_source_dataset(cfg_data, normalization, with_labels=with_labels)
+    elif domain == "target":
+        dataset = build_target_dataset(cfg_data, normalization, with_labels=with_labels)
+    elif domain == "pseudo":
         if not cfg_data.pseudo_root:
             raise CirnError("training on pseudo labels needs data.pseudo_root (written by cirn-train stage3)")
-        return CityscapesDataset(_target_root(cfg_data), "train", size=cfg_data.target_size,
-                                 list_file=cfg_data.target_list or None, flip=cfg_data.flip,
-                                 normalization=normalization, label_root=cfg_data.pseudo_root)
-    raise CirnError(f"unknown training domain {domain!r}: expected 'source', 'target' or 'pseudo'")
+        dataset = CityscapesDataset(_target_root(cfg_data), "train", size=cfg_data.target_size,
+                                    list_file=cfg_data.target_list or None, flip=cfg_data.flip,
+                                    normalization=normalization, label_root=cfg_data.pseudo_root)
+    else:
+        raise CirnError(f"unknown training domain {domain!r}: expected 'source', 'target' or 'pseudo'")
+    dataset.bad_images = cfg_data.bad_images
+    return dataset
 
 
 def build_val_dataset(cfg_data, normalization="imagenet"):

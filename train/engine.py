@@ -16,7 +16,7 @@ import torch
 from . import distributed
 from .config import from_dict, save_config, to_dict
 from .errors import CirnError
-from .io import atomic_path, atomic_write_text
+from .io import atomic_path, atomic_write_text, write_error
 
 CHECKPOINT_FORMAT = "cirn-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -103,7 +103,10 @@ def save_checkpoint(path, state):
     path = Path(path)
     state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as err:  # torch's zip writer reports a full disk as a RuntimeError
+            raise write_error(path, err) from None
         if path.exists() and path.name == "last.pt":
             path.replace(path.with_name("prev.pt"))
 
@@ -332,7 +335,9 @@ def train_loop(cfg, run_dir, modules, extras, step_fn, next_batch, keeper, resum
     finally:
         logger.close()
     summary = {"run_dir": str(run_dir), "iterations": run.iterations, "best_miou": keeper.best["miou"],
-               "best_iteration": keeper.best["iteration"], "history": keeper.history}
+               "best_iteration": keeper.best["iteration"], "history": keeper.history,
+               "skipped_images": sorted(set().union(*(getattr(getattr(e, "dataset", None), "skipped", ())
+                                                      for e in extras.values())))}
     if main:
         atomic_write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2))
     distributed.barrier()  # later steps read what process 0 wrote

@@ -16,18 +16,30 @@ from .errors import CirnError
 def atomic_path(path):
     """Yield a temp path beside `path`; rename it to `path` only if the block finishes.
 
-    A crash, Ctrl-C or full disk never leaves a partial file under the final name.
+    A crash, Ctrl-C or full disk never leaves a partial file under the final name. An OSError (disk full, read-only
+    or missing permission) becomes a CirnError naming the file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
+        os.close(fd)
+    except OSError as err:
+        raise write_error(path, err) from None
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise write_error(path, err) from None
         raise
+
+
+def write_error(path, err):
+    """A CirnError for a failed write of `path`: what the system said and what to do."""
+    return CirnError(f"cannot write {path}: {getattr(err, 'strerror', None) or err}; free some space, check the "
+                     "folder is writable, or choose another output folder. Nothing was written under that name.")
 
 
 def atomic_write_bytes(path, data):

@@ -103,6 +103,10 @@ class RandomCrop(Dataset):
     def __init__(self, dataset, size):
         self.dataset, self.size = dataset, tuple(size)
 
+    @property
+    def skipped(self):
+        return self.dataset.skipped
+
     def __len__(self):
         return len(self.dataset)
 
@@ -264,6 +268,7 @@ def run(cfg, run_dir, resume=False, quiet=False, intermediate_out=None):
 
     source_set = RandomCrop(build_source_dataset(cfg.data, "tanh", intermediate=False), s1.crop_size)
     target_set = RandomCrop(build_target_dataset(cfg.data, "tanh", with_labels=False), s1.crop_size)
+    source_set.dataset.bad_images = target_set.dataset.bad_images = cfg.data.bad_images
     batches_src = infinite_loader(source_set, cfg.run.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers)
     batches_trg = infinite_loader(target_set, cfg.run.batch_size, seed=cfg.run.seed + 1,
                                   num_workers=cfg.data.num_workers)
