@@ -40,8 +40,11 @@ def resize_labels(labels, size):
 
 
 def class_counts(labels, num_classes):
-    """(C,) int64 pixel count per class of a label map (ignored ids beyond C are not counted)."""
-    return np.bincount(labels.ravel(), minlength=256)[:num_classes]
+    """(C,) int64 pixel count per class of a uint8 label map (ignored ids beyond C are not counted)."""
+    import cv2
+    if labels.size >= 2**24:  # calcHist counts in float32, exact below 2^24
+        return np.bincount(labels.ravel(), minlength=256)[:num_classes]
+    return cv2.calcHist([labels], [0], None, [256], [0, 256]).reshape(-1)[:num_classes].astype(np.int64)  # 2x faster
 
 
 def colour_lut(palette):
@@ -75,26 +78,40 @@ def _legend_layout(height, class_names):
     return scale, text_h, text_h + max(3, text_h // 2), widths
 
 
-def draw_legend(image, shares, palette, class_names):
-    """Draw, in place at the top left, a swatch and the name of every class with a share >= LEGEND_MIN_SHARE,
-    largest first, as many as fit in the frame's height."""
+@lru_cache(maxsize=256)
+def _legend_patch(height, width, present, palette, class_names):
+    """The legend of classes `present` (trainIds, in order) drawn on black, for frames of `height` x `width`."""
     import cv2
-    height, width = image.shape[:2]
-    scale, text_h, line, widths = _legend_layout(height, tuple(class_names))
-    present = [c for c in np.argsort(-shares, kind="stable") if shares[c] >= LEGEND_MIN_SHARE]
-    present = present[:max(0, (height - 4) // line)]
-    if not present:
-        return image
+    scale, text_h, line, widths = _legend_layout(height, class_names)
     swatch, pad = text_h, max(2, text_h // 3)
     box_w = min(width, swatch + 3 * pad + max(widths[c] for c in present))
-    box = image[:len(present) * line + pad, :box_w]
-    np.right_shift(box, 1, out=box)  # darken behind the text
+    patch = np.zeros((min(height, len(present) * line + pad), box_w, 3), np.uint8)
     for row, c in enumerate(present):
         top = pad + row * line
-        colour = tuple(int(v) for v in palette[c])
-        cv2.rectangle(image, (pad, top), (pad + swatch - 1, top + swatch - 1), colour, -1)
-        cv2.putText(image, class_names[c], (2 * pad + swatch, top + text_h), cv2.FONT_HERSHEY_SIMPLEX, scale,
+        cv2.rectangle(patch, (pad, top), (pad + swatch - 1, top + swatch - 1), palette[c], -1)
+        cv2.putText(patch, class_names[c], (2 * pad + swatch, top + text_h), cv2.FONT_HERSHEY_SIMPLEX, scale,
                     (255, 255, 255), 1, cv2.LINE_AA)
+    return patch
+
+
+def draw_legend(image, shares, palette, class_names):
+    """Draw, in place at the top left, a swatch and the name of every class with a share >= LEGEND_MIN_SHARE (the
+    largest ones, as many as fit in the frame's height), in class order.
+
+    Class order keeps the legend still from frame to frame, and lets each distinct legend be drawn once and reused
+    (drawing text costs more than the rest of the overlay)."""
+    import cv2
+    height, width = image.shape[:2]
+    class_names = tuple(class_names)
+    _, _, line, _ = _legend_layout(height, class_names)
+    largest = [c for c in np.argsort(-shares, kind="stable") if shares[c] >= LEGEND_MIN_SHARE]
+    present = tuple(sorted(int(c) for c in largest[:max(0, (height - 4) // line)]))
+    if not present:
+        return image
+    patch = _legend_patch(height, width, present, tuple(tuple(int(v) for v in p) for p in palette), class_names)
+    box = image[:patch.shape[0], :patch.shape[1]]
+    np.right_shift(box, 1, out=box)  # darken behind the text
+    cv2.max(box, patch, dst=box)
     return image
 
 
