@@ -392,10 +392,11 @@ def _open_model(model, opts):
     from pathlib import Path
 
     from cirn.runtime import find_default_model, open_backend
+    from cirn.runtime.shard import threads_per_process
     model = Path(model) if model else find_default_model()
     loaded = open_backend(model, opts["backend"], opts["device"], precision=opts["precision"],
-                          threads=opts["threads"], compile=opts["compile_"], cuda_graph=opts["cuda_graph"],
-                          max_batch=max(opts["batch"], 1))
+                          threads=opts["threads"] or threads_per_process(), compile=opts["compile_"],
+                          cuda_graph=opts["cuda_graph"], max_batch=max(opts["batch"], 1))
     if not opts["quiet"]:
         click.echo(f"cirn-run: {model} with {loaded.describe()}", err=True)
     return loaded

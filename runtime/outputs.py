@@ -80,7 +80,8 @@ def _legend_layout(height, class_names):
 
 @lru_cache(maxsize=256)
 def _legend_patch(height, width, present, palette, class_names):
-    """The legend of classes `present` (trainIds, in order) drawn on black, for frames of `height` x `width`."""
+    """The legend of classes `present` (trainIds, in order) for frames of `height` x `width`: (patch drawn on black,
+    mask of its drawn pixels)."""
     import cv2
     scale, text_h, line, widths = _legend_layout(height, class_names)
     swatch, pad = text_h, max(2, text_h // 3)
@@ -91,7 +92,12 @@ def _legend_patch(height, width, present, palette, class_names):
         cv2.rectangle(patch, (pad, top), (pad + swatch - 1, top + swatch - 1), palette[c], -1)
         cv2.putText(patch, class_names[c], (2 * pad + swatch, top + text_h), cv2.FONT_HERSHEY_SIMPLEX, scale,
                     (255, 255, 255), 1, cv2.LINE_AA)
-    return patch
+    mask = np.zeros(patch.shape[:2], np.uint8)
+    for row in range(len(present)):  # swatches: every pixel, even where a class colour has a zero channel
+        top = pad + row * line
+        mask[top:top + swatch, pad:pad + swatch] = 1
+    mask |= patch.any(axis=2)  # text
+    return patch, mask.astype(bool)
 
 
 def draw_legend(image, shares, palette, class_names):
@@ -100,7 +106,6 @@ def draw_legend(image, shares, palette, class_names):
 
     Class order keeps the legend still from frame to frame, and lets each distinct legend be drawn once and reused
     (drawing text costs more than the rest of the overlay)."""
-    import cv2
     height, width = image.shape[:2]
     class_names = tuple(class_names)
     _, _, line, _ = _legend_layout(height, class_names)
@@ -108,10 +113,11 @@ def draw_legend(image, shares, palette, class_names):
     present = tuple(sorted(int(c) for c in largest[:max(0, (height - 4) // line)]))
     if not present:
         return image
-    patch = _legend_patch(height, width, present, tuple(tuple(int(v) for v in p) for p in palette), class_names)
+    patch, mask = _legend_patch(height, width, present, tuple(tuple(int(v) for v in p) for p in palette),
+                                class_names)
     box = image[:patch.shape[0], :patch.shape[1]]
     np.right_shift(box, 1, out=box)  # darken behind the text
-    cv2.max(box, patch, dst=box)
+    np.copyto(box, patch, where=mask[..., None])
     return image
 
 
@@ -242,6 +248,7 @@ class Outputs:
         self.labels_dir = Path(labels_dir) if labels_dir else None
         self.npz = NpzOutput(npz) if npz else None
         self.counts = np.zeros(len(self.names), np.int64)
+        self.label_files = []  # written by this run: deleted again by discard()
         self.bins = {}  # bin -> [frames, (C,) counts]
         self.frames = 0
 
@@ -254,7 +261,9 @@ class Outputs:
         entry[0] += 1
         entry[1] += counts
         if self.labels_dir is not None:
-            write_label_png(self.labels_dir / f"{frame.name}.png", labels)
+            path = self.labels_dir / f"{frame.name}.png"
+            write_label_png(path, labels)
+            self.label_files.append(path)
         if self.npz is not None:
             self.npz.write(frame.name, frame.index, labels)
         if self.video is not None:
@@ -279,7 +288,9 @@ class Outputs:
                 "labels_dir": str(self.labels_dir) if self.labels_dir else None}
 
     def discard(self):
-        """Delete the unfinished video and NPZ (after an error)."""
+        """Delete the unfinished video and NPZ and the label PNGs of this run (after an error)."""
         for writer in (self.video, self.npz):
             if writer is not None:
                 writer.discard()
+        for path in self.label_files:
+            path.unlink(missing_ok=True)

@@ -23,13 +23,17 @@ class Job:
     source: str
     name: str
     kind: str               # video | camera | image | folder
-    files: list = None      # folder: this shard's images, strided; None otherwise
+    files: list = None      # folder: this shard's (position in the folder, path), strided; None otherwise
 
 
 def parse_shard(text):
     """'I/N' -> (I, N); None -> (RANK, WORLD_SIZE) under torchrun, else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     if text is None:
-        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        return int(os.environ.get("RANK", "0")), world
+    if world > 1:
+        raise CirnError(f"--shard {text} under torchrun would give all {world} processes the same shard: leave it "
+                        "out (each process takes RANK/WORLD_SIZE)")
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
@@ -37,6 +41,15 @@ def parse_shard(text):
     if not 0 <= index < count:
         raise CirnError(f"--shard {text}: I must be in 0..N-1")
     return index, count
+
+
+def threads_per_process():
+    """CPU inference threads for one of torchrun's processes on this node (its share of the cores), or None."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if local <= 1:
+        return None
+    from .backends import available_cores
+    return max(1, available_cores() // local)
 
 
 def pin_gpu():
@@ -73,7 +86,7 @@ def plan(sources, shard=(0, 1), stride=1):
                             "rename one or run them separately")
         names[name] = source
         if kind == "folder":
-            files = list_images(source)[::stride][index::count]
+            files = list(enumerate(list_images(source)))[::stride][index::count]
             if files:
                 jobs.append(Job(str(source), name, kind, files))
         else:

@@ -99,15 +99,19 @@ def list_images(folder):
 
 
 class ImageSource(FrameSource):
-    """One image file, or every image under a folder (sorted, recursive); `files`: only these images of the folder
-    (a shard of it, already strided)."""
+    """One image file, or every image under a folder (sorted, recursive); `files`: only these (position in the
+    folder's sorted list, path) of its images (a shard of it, already strided)."""
 
     def __init__(self, path, stride=1, bad_frames="stop", files=None):
         super().__init__(str(path), stride, bad_frames)
         path = Path(path)
+        self.positions = None
         if path.is_dir():
             self.kind, self.root = "folder", path
-            self.files = list(files) if files is not None else list_images(path)[::stride]
+            if files is not None:
+                self.positions, self.files = [p for p, _ in files], [f for _, f in files]
+            else:
+                self.files = list_images(path)[::stride]
         else:
             self.kind, self.root, self.files = "image", None, [path]
         self.count = len(self.files)
@@ -134,14 +138,15 @@ class ImageSource(FrameSource):
                 if self._bad(name, str(err)):
                     continue
                 return
-            yield SourceFrame(k * self.stride, name, image)
+            yield SourceFrame(self.positions[k] if self.positions else k * self.stride, name, image)
 
 
 class VideoSource(FrameSource):
     """A video file or a camera (an integer index) through cv2.VideoCapture (FFmpeg for files).
 
-    Skipped frames (stride) are grabbed, not decoded into images. A read that fails before the frame count the
-    container announces is a decode error (kept in `decode_error`); a camera simply ends.
+    Frames between samples (stride) are grabbed, not converted into images. A frame that cannot be decoded while
+    later ones can goes through the bad-frame policy; when no later frame decodes, the stream ends there (a decode
+    error kept in `decode_error` if the container announced more); a camera simply ends.
     """
 
     def __init__(self, spec, stride=1, bad_frames="stop"):
@@ -181,41 +186,39 @@ class VideoSource(FrameSource):
         """The Cityscapes-style name of frame `index`: {city}_000000_{index:06d}."""
         return f"{self.city}_{SEQUENCE:06d}_{index:06d}"
 
+    def _read(self, convert):
+        """The next frame: (True, BGR image or None when not `convert`ed) or (False, None)."""
+        try:
+            return self.capture.read() if convert else (self.capture.grab(), None)
+        except self.cv2.error:
+            return False, None
+
     def __iter__(self):
-        cv2, index, frame, bad_in_a_row = self.cv2, 0, self.first, 0
+        index, frame = 0, self.first
         self.first = None
         while True:
+            sampled = index % self.stride == 0
             if frame is None:
-                error = None
-                try:
-                    ok, frame = self.capture.read()
-                except cv2.error as err:
-                    ok, error = False, f"decoding failed at frame {index}: {err}"
+                ok, frame = self._read(sampled)
                 if not ok:
-                    if not self.total or index >= self.total:
-                        return  # the end (a camera, or as many frames as announced)
-                    # FFmpeg gives up on an undecodable frame and carries on with the next one, if any.
-                    bad_in_a_row += 1
-                    reason = error or f"decoding stopped at frame {index} of the {self.total} announced"
-                    if bad_in_a_row >= MAX_BAD_IN_A_ROW:
-                        self.skipped = self.skipped[:len(self.skipped) - bad_in_a_row + 1]
-                        self.decode_error = f"decoding stopped at frame {index - bad_in_a_row + 1} of the " \
-                                            f"{self.total} announced ({bad_in_a_row} frames in a row failed)"
-                        return
-                    if not self._bad(self.name(index), reason):
-                        return
-                    frame, index = None, index + 1
-                    continue
-                bad_in_a_row = 0
-            yield SourceFrame(index, self.name(index), cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-            frame = None
-            for _ in range(self.stride - 1):  # skipped frames: demuxed and decoded, never converted
-                index += 1
-                if not self.capture.grab():
-                    if self.total and index < self.total:
-                        self.decode_error = f"decoding stopped at frame {index} of the {self.total} announced"
-                    return
-            index += 1
+                    # FFmpeg gives up on an undecodable frame and goes on with the next: a glitch if a later frame
+                    # decodes, the end of what the file holds (a truncated file, an overestimated count) if none does.
+                    failed = index
+                    while not ok:
+                        index += 1
+                        if not self.total or index >= self.total or index - failed >= MAX_BAD_IN_A_ROW:
+                            if self.total and failed < self.total:
+                                self.decode_error = f"decoding stopped at frame {failed} of the {self.total} announced"
+                            return
+                        ok, frame = self._read(True)
+                    for bad in range(failed, index):
+                        if bad % self.stride == 0 and not self._bad(
+                                self.name(bad), f"frame {bad} of the {self.total} announced could not be decoded"):
+                            return
+                    sampled = index % self.stride == 0
+            if sampled:
+                yield SourceFrame(index, self.name(index), self.cv2.cvtColor(frame, self.cv2.COLOR_BGR2RGB))
+            frame, index = None, index + 1
 
     def close(self):
         self.capture.release()

@@ -1,4 +1,4 @@
-"""cirn-run under faults and at scale: undecodable frames and images (--bad-frames), sharded inference (--shard, torchrun)."""
+"""cirn-run under faults and at scale: undecodable frames and images (--bad-frames), sharded inference."""
 import json
 import os
 import shutil
@@ -9,14 +9,23 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from test_runtime import IndexBackend, count_frames, write_video
-from test_runtime import checkpoint, onnx_static  # noqa: F401 (fixtures)
+from conftest import train_smoke_checkpoint
 
 from cirn.cli import run_main
+from cirn.export import export_checkpoint
 from cirn.runtime import run
 from cirn.runtime.shard import outputs, parse_shard, plan
 from cirn.runtime.sources import BadFrame
 from cirn.train.errors import CirnError
 from cirn.train.io import write_png
+
+
+@pytest.fixture(scope="module")
+def onnx_model(toy_data, tmp_path_factory):
+    """A static 1 x 3 x 32 x 64 export of a 2-iteration smoke checkpoint."""
+    checkpoint = train_smoke_checkpoint(toy_data, tmp_path_factory.mktemp("runs") / "smoke")
+    export_checkpoint(checkpoint, checkpoint.parent / "static", exporter="torchscript", parity_images=2)
+    return checkpoint.parent / "static" / "model.onnx"
 
 
 def corrupt_video(tmp_path, bad=4, count=10):
@@ -75,16 +84,39 @@ def test_corrupt_image_in_a_folder_per_policy(tmp_path):
     assert sorted(p.stem for p in (tmp_path / "skip").iterdir()) == ["f0", "f1", "f3", "f4", "f5"]
     with pytest.raises(BadFrame, match="f2.png"):
         run(folder, IndexBackend(), labels_dir=tmp_path / "fail", quiet=True, bad_frames="fail")
+    assert not list((tmp_path / "fail").glob("*.png"))  # the PNGs of f0 and f1 were removed again
 
 
-def test_bad_frames_flag_from_the_cli(tmp_path, onnx_static):
+def test_skipped_frame_keeps_the_stride_grid(tmp_path):
+    video = corrupt_video(tmp_path, bad=4)
+    info = run(video, IndexBackend(), labels_dir=tmp_path / "labels", stride=2, quiet=True, bad_frames="skip",
+               log=lambda m: None)
+    names = sorted(p.stem[-2:] for p in (tmp_path / "labels").iterdir())
+    assert names == ["00", "02", "06", "08"] and info["frames"]["skipped_names"] == ["glitch_000000_000004"]
+    odd = run(corrupt_video(tmp_path, bad=5), IndexBackend(), stride=2, quiet=True, bad_frames="fail")
+    assert odd["frames"]["processed"] == 5 and odd["complete"]  # a bad frame between samples is never needed
+
+
+def test_an_overestimated_frame_count_is_the_end_not_a_bad_frame(tmp_path, monkeypatch):
+    import cv2
+    video = write_video(tmp_path / "v.avi", [20 * k + 10 for k in range(6)], fourcc="MJPG")
+    real_get = cv2.VideoCapture.get
+    monkeypatch.setattr(cv2.VideoCapture, "get", lambda self, prop: 8.0 if prop == cv2.CAP_PROP_FRAME_COUNT
+                        else real_get(self, prop))  # the container claims 8 frames; 6 are there
+    for policy in ("skip", "fail"):
+        info = run(video, IndexBackend(), quiet=True, bad_frames=policy, log=lambda m: None)
+        assert info["frames"]["processed"] == 6 and info["frames"]["skipped"] == 0
+        assert "stopped at frame 6 of the 8" in info["decode_error"]
+
+
+def test_bad_frames_flag_from_the_cli(tmp_path, onnx_model):
     video = corrupt_video(tmp_path)
     out = tmp_path / "o.mp4"
-    result = CliRunner().invoke(run_main, [str(video), "--model", str(onnx_static), "--out", str(out), "--quiet",
+    result = CliRunner().invoke(run_main, [str(video), "--model", str(onnx_model), "--out", str(out), "--quiet",
                                            "--bad-frames", "fail"])
     assert result.exit_code == 2 and "frame 4 of the 10" in result.output and "Traceback" not in result.output
     assert not out.exists()
-    result = CliRunner().invoke(run_main, [str(video), "--model", str(onnx_static), "--out", str(out), "--quiet",
+    result = CliRunner().invoke(run_main, [str(video), "--model", str(onnx_model), "--out", str(out), "--quiet",
                                            "--bad-frames", "skip"])
     assert result.exit_code == 0, result.output
     assert json.loads(out.with_suffix(".json").read_text())["frames"]["skipped"] == 1
@@ -103,9 +135,10 @@ def test_shard_plan_covers_every_source_once(tmp_path):
     shards = [plan(sources, (i, 2)) for i in range(2)]
     videos = [[j.name for j in jobs if j.kind == "video"] for jobs in shards]
     assert videos == [["drive0", "drive2"], ["drive1"]]
-    images = [[f.name for j in jobs if j.kind == "folder" for f in j.files] for jobs in shards]
+    images = [[f.name for j in jobs if j.kind == "folder" for _, f in j.files] for jobs in shards]
     assert images == [["f0.png", "f2.png", "f4.png"], ["f1.png", "f3.png"]]
-    assert sorted(images[0] + images[1]) == [f.name for f in whole[-1].files]
+    assert sorted(images[0] + images[1]) == [f.name for _, f in whole[-1].files]
+    assert [k for k, _ in shards[1][-1].files] == [1, 3]  # positions in the folder, for the frame indices
     assert outputs(shards[1][-1], tmp_path, (1, 2))["summary"].name == "frames_seg.shard-1-of-2.json"
     assert parse_shard("1/4") == (1, 4)
     for bad in ("4/4", "x", "1/0"):
@@ -119,9 +152,9 @@ def _files(root):
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-def test_shards_write_each_output_once_and_match_one_run(tmp_path, onnx_static):
+def test_shards_write_each_output_once_and_match_one_run(tmp_path, onnx_model):
     sources = sources_for_sharding(tmp_path)
-    common = [*sources, "--model", str(onnx_static), "--quiet", "--labels"]
+    common = [*sources, "--model", str(onnx_model), "--quiet", "--labels"]
     for name, extra in (("all", []), ("s0", ["--shard", "0/2"]), ("s1", ["--shard", "1/2"])):
         result = CliRunner().invoke(run_main, [*common, "--out-dir", str(tmp_path / name), *extra])
         assert result.exit_code == 0, result.output
@@ -139,19 +172,19 @@ def test_shards_write_each_output_once_and_match_one_run(tmp_path, onnx_static):
         "frames_seg.shard-1-of-2.json"}
 
 
-def test_several_sources_need_out_dir(tmp_path, onnx_static):
+def test_several_sources_need_out_dir(tmp_path, onnx_model):
     sources = sources_for_sharding(tmp_path)
-    result = CliRunner().invoke(run_main, [*sources[:2], "--model", str(onnx_static), "--out", "x.mp4"])
+    result = CliRunner().invoke(run_main, [*sources[:2], "--model", str(onnx_model), "--out", "x.mp4"])
     assert result.exit_code == 2 and "--out-dir" in result.output
 
 
 @pytest.mark.slow
-def test_sharded_inference_under_torchrun(tmp_path, onnx_static):
+def test_sharded_inference_under_torchrun(tmp_path, onnx_model):
     sources = sources_for_sharding(tmp_path)
     cli = shutil.which("cirn-run")
     assert cli, "cirn-run is not on PATH (pip install -e .)"
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--no-python", cli,
-            *sources, "--model", str(onnx_static), "--out-dir", str(tmp_path / "out"), "--quiet", "--threads", "1"]
+            *sources, "--model", str(onnx_model), "--out-dir", str(tmp_path / "out"), "--quiet", "--threads", "1"]
     done = subprocess.run(argv, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

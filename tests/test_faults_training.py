@@ -18,7 +18,7 @@ from cirn.train.config import load_config
 from cirn.train.engine import load_checkpoint
 from cirn.train.errors import CirnError
 
-KILL_RUN = ["run.iterations=60", "run.checkpoint_every=5", "run.eval_every=30", "run.batch_size=2"]
+KILL_RUN = ["run.iterations=60", "run.checkpoint_every=5", "run.eval_every=30", "run.batch_size=2", "run.device=cpu"]
 
 
 def _argv(toy_args, out, *extra):

@@ -264,6 +264,11 @@ def test_overlay_and_legend():
     with_legend = overlay(image, labels, PALETTE, alpha=1.0, class_names=CLASS_NAMES)
     assert not np.array_equal(with_legend[:20, :60], shown[:20, :60])  # the legend is drawn at the top left
     assert np.array_equal(with_legend[40:, 100:], shown[40:, 100:])
+    from cirn.runtime.outputs import _legend_layout
+    _, text_h, line, _ = _legend_layout(64, tuple(CLASS_NAMES))
+    pad, middle = max(2, text_h // 3), text_h // 2
+    for row, c in enumerate((0, 13)):  # swatches in class order, in the exact class colour (car has zero channels)
+        assert (with_legend[pad + row * line + middle, pad + middle] == PALETTE[c]).all(), c
     assert resize_labels(np.array([[1, 2]], np.uint8), (2, 4)).tolist() == [[1, 1, 2, 2], [1, 1, 2, 2]]
 
 

@@ -141,18 +141,19 @@ class SegmentationDataset(Dataset, abc.ABC):
 
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, None)
-        try:
-            return self._load(index, seed)
-        except CirnError as err:
-            if self.bad_images != "skip":
-                raise
+        for _ in range(len(self)):
             name = self.samples[index][0]
             if name not in self.skipped:
-                self.skipped.add(name)
-                print(f"warning: skipped sample {name}: {err} (data.bad_images=skip)", file=sys.stderr, flush=True)
-            if len(self.skipped) == len(self):
-                raise CirnError(f"none of the {len(self)} samples can be read (last: {err})") from None
-            return self[((index + 1) % len(self), seed)]
+                try:
+                    return self._load(index, seed)
+                except CirnError as err:
+                    if self.bad_images != "skip":
+                        raise
+                    self.skipped.add(name)
+                    print(f"warning: skipped sample {name}: {err} (data.bad_images=skip)", file=sys.stderr,
+                          flush=True)
+            index = (index + 1) % len(self)  # the next sample stands in for an unreadable one
+        raise CirnError(f"none of the {len(self)} samples can be read (data.bad_images=skip)")
 
     def _load(self, index, seed):
         name, image_path, label_path = self.samples[index]

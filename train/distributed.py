@@ -16,8 +16,11 @@ forward/backward passes per step through networks that are frozen in some of the
 all-reduce per optimiser step is the same arithmetic. BatchNorm layers that train (the tiny and MobileNet models)
 keep per-process batch statistics, as under DDP without SyncBatchNorm: the one difference from a single process
 (the paper's DeepLab-v2 freezes its BatchNorm, so it trains exactly as one process would). Process 0 alone logs,
-evaluates, writes checkpoints and the files that later steps read (`on_main`); the others wait for it.
+evaluates, writes checkpoints and the files that later steps read (`on_main`); the others wait for it. The run
+folder must be on a filesystem every node sees. Stage 1's history pools of generated images are per process and the
+checkpoint keeps process 0's: a resumed multi-process stage 1 restarts the other processes' pools from it.
 """
+import atexit
 import os
 from datetime import timedelta
 
@@ -31,17 +34,27 @@ TIMEOUT = timedelta(hours=2)  # process 0 may evaluate or write pseudo labels fo
 
 
 def init():
-    """Join the process group torchrun describes (WORLD_SIZE > 1); a no-op for a single process."""
+    """Join the process group torchrun describes (WORLD_SIZE > 1); a no-op for a single process.
+
+    gloo serves CPU tensors and NCCL CUDA ones, so run.device=cpu also works on a machine with GPUs."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank())
+    backend = "gloo"
+    if torch.cuda.is_available():
+        backend = "cpu:gloo,cuda:nccl"
+        if local_rank() < torch.cuda.device_count():
+            torch.cuda.set_device(local_rank())
     try:
         dist.init_process_group(backend, timeout=TIMEOUT)
     except (RuntimeError, ValueError) as err:
         raise CirnError(f"could not join the torchrun process group ({backend}): {err}; check --rdzv-endpoint "
                         "and that every node can reach it") from None
+    atexit.register(_leave)
+
+
+def _leave():
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def enabled():
@@ -114,10 +127,29 @@ def mean_losses(losses):
     if not enabled():
         return losses
     keys = sorted(losses)
-    device = torch.device("cuda", local_rank()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    values = torch.tensor([float(losses[k]) for k in keys], dtype=torch.float64, device=device)
+    values = torch.tensor([float(losses[k]) for k in keys], dtype=torch.float64)  # a CPU tensor: through gloo
     dist.all_reduce(values)
     return dict(zip(keys, (values / world_size()).tolist()))
+
+
+def global_count(count):
+    """The mean over the processes of a per-process count (a tensor): the divisor that makes per-process means
+    average to the mean over the global batch. The count itself for a single process."""
+    if not enabled():
+        return count
+    total = count.detach().to(torch.float64).reshape(1)
+    dist.all_reduce(total)
+    return (total / world_size()).to(count.dtype if count.is_floating_point() else torch.float32).reshape(())
+
+
+def main_decides(value):
+    """Process 0's `value` on every process (a flag read from the run folder, which may look different elsewhere
+    on a network filesystem: every process must take the same branch)."""
+    if not enabled():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def on_main(write, read_back):

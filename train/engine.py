@@ -105,10 +105,32 @@ def save_checkpoint(path, state):
     with atomic_path(path) as tmp:
         try:
             torch.save(state, tmp)
-        except RuntimeError as err:  # torch's zip writer reports a full disk as a RuntimeError
-            raise write_error(path, err) from None
+        except RuntimeError as err:
+            if "write" not in str(err).lower():
+                raise
+            raise write_error(path, err) from None  # torch's zip writer reports a full disk as a RuntimeError
         if path.exists() and path.name == "last.pt":
-            path.replace(path.with_name("prev.pt"))
+            _keep_as_previous(path)
+
+
+def _keep_as_previous(path):
+    """prev.pt := last.pt, with last.pt in place all the while (a hard link renamed over prev.pt, else a copy),
+    so a kill at any moment leaves a last.pt that --resume and the 'already holds a run' check both see."""
+    import os
+    import shutil
+    prev, link = path.with_name("prev.pt"), path.with_name(".prev.pt.link")
+    link.unlink(missing_ok=True)
+    try:
+        os.link(path, link)
+    except OSError:  # a filesystem without hard links
+        shutil.copy2(path, link)
+    os.replace(link, prev)
+
+
+def has_checkpoint(run_dir):
+    """Whether a run folder holds a training checkpoint to continue from (last.pt, or prev.pt alone)."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    return (ckpt_dir / "last.pt").exists() or (ckpt_dir / "prev.pt").exists()
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -211,7 +233,7 @@ class RunLogger:
 def prepare_run_dir(run_dir, cfg, resume):
     """Create the run folder; refuse to overwrite a finished or running one unless resuming."""
     run_dir = Path(run_dir)
-    if not resume and (run_dir / "checkpoints" / "last.pt").exists():
+    if not resume and distributed.main_decides(has_checkpoint(run_dir)):
         raise CirnError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     if distributed.is_main():
         try:

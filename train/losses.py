@@ -7,6 +7,7 @@ Logits are upsampled with models.upsample (bilinear, align_corners=False), the r
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .labels import IGNORE_INDEX
 from .models.heads import upsample
 
@@ -16,13 +17,16 @@ COSINE_EPS = 1e-8  # as F.cosine_similarity
 
 
 def seg_loss(logits, labels):
-    """(B, C, h, w) logits, (B, H, W) int64 labels (255 = ignore) -> scalar mean CE over the valid pixels."""
+    """(B, C, h, w) logits, (B, H, W) int64 labels (255 = ignore) -> scalar mean CE over the valid pixels.
+
+    Under torchrun the divisor is the mean valid-pixel count of the processes, so the averaged gradients are those of
+    the mean over the whole global batch however the ignored pixels fall between the processes."""
     assert logits.dim() == 4 and labels.dim() == 3, f"{tuple(logits.shape)} logits, {tuple(labels.shape)} labels"
     assert logits.shape[0] == labels.shape[0], f"batch {logits.shape[0]} logits vs {labels.shape[0]} labels"
     logits = upsample(logits, labels.shape[-2:])
     total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
     # A crop with no labelled pixel gives 0 (still attached to the graph) instead of mean CE's 0/0 = NaN.
-    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+    return total / distributed.global_count((labels != IGNORE_INDEX).sum()).clamp(min=1)
 
 
 def disagreement_map(logits_c, logits_acm, size):

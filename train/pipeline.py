@@ -13,6 +13,7 @@ import numpy as np
 
 from . import labels as L
 from . import distributed, stage1, stage2, stage3, supervised
+from .engine import has_checkpoint
 from .io import atomic_write_text
 
 # The paper's Table 4 (GTA5 -> Cityscapes, 19 classes), for the chart.
@@ -38,13 +39,13 @@ def _finished(run_dir):
 
 def _step(name, run_dir, fn):
     """Run one step unless its folder says it finished; an interrupted step resumes from its checkpoint."""
-    done = _finished(run_dir)
+    done = distributed.main_decides(_finished(run_dir))
     if done is not None:
         _say(f"[all-stages] {name}: already finished, skipping ({run_dir})")
         return done
     _say(f"[all-stages] {name} -> {run_dir}")
     # A step with a checkpoint continues from it; one without starts (again) from scratch.
-    return fn(resume=(Path(run_dir) / "checkpoints" / "last.pt").exists())
+    return fn(resume=distributed.main_decides(has_checkpoint(run_dir)))
 
 
 def run(cfg, out, quiet=False):
@@ -58,12 +59,12 @@ def run(cfg, out, quiet=False):
     _step("SO (source only)", runs["SO"],
           lambda resume: supervised.run(cfg, runs["SO"], domain="source", resume=resume, quiet=quiet))
     intermediate = runs["stage1"] / "intermediate"
-    if (intermediate / "intermediate.json").exists():
+    if distributed.main_decides((intermediate / "intermediate.json").exists()):
         _say(f"[all-stages] stage 1: already finished, skipping ({intermediate})")
     else:
         _say(f"[all-stages] stage 1 ({cfg.stage1.cir}) -> {runs['stage1']}")
         cfg_s1 = _with(cfg, stage1={"seg_checkpoint": str(runs["SO"] / "best.pt")})
-        stage1.run(cfg_s1, runs["stage1"], resume=(runs["stage1"] / "checkpoints" / "last.pt").exists(),
+        stage1.run(cfg_s1, runs["stage1"], resume=distributed.main_decides(has_checkpoint(runs["stage1"])),
                    quiet=quiet)
     cfg_int = _with(cfg, data={"intermediate_root": str(intermediate)})
     _step("CIR (source only on the intermediate domain)", runs["CIR"],

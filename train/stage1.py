@@ -283,6 +283,7 @@ def run(cfg, run_dir, resume=False, quiet=False, intermediate_out=None):
         losses = train_step(nets, seg_model, opt_gen, opt_disc, pool_src, pool_trg,
                             batch_src["image"].to(device), batch_src["label"].to(device),
                             batch_trg["image"].to(device), s1, amp_ctx, scaler)
+        losses = distributed.mean_losses(losses)  # the logged means are those of the global batch
         keeper.add(losses)
         return losses
 

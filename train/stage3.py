@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from . import labels as L
 from . import distributed, supervised
 from .datasets import build_target_dataset
-from .engine import load_model, resolve_device
+from .engine import has_checkpoint, load_model, resolve_device
 from .errors import CirnError
 from .io import atomic_write_text, write_png
 from .models import upsample
@@ -143,14 +143,14 @@ def run(cfg, run_dir, init, resume=False, quiet=False):
         pseudo = distributed.on_main(partial(generate, model_path, cfg, round_dir / "pseudo", portion, quiet=quiet),
                                      partial(read_json, round_dir / "pseudo" / "summary.json"))
         done = round_dir / "summary.json"
-        if done.exists():
+        if distributed.main_decides(done.exists()):
             print(f"stage 3 round {r + 1}: already finished, skipping ({done})")
             summary = json.loads(done.read_text())
         else:
             round_cfg = dataclasses.replace(
                 cfg, data=dataclasses.replace(cfg.data, pseudo_root=str(round_dir / "pseudo")),
                 run=dataclasses.replace(cfg.run, iterations=s3.iterations or cfg.run.iterations))
-            in_progress = (round_dir / "checkpoints" / "last.pt").exists()
+            in_progress = distributed.main_decides(has_checkpoint(round_dir))
             summary = supervised.run(round_cfg, round_dir, domain="pseudo", resume=resume and in_progress,
                                      quiet=quiet, init=model_path)
         summaries.append({"round": r + 1, "pseudo_labelled_share": pseudo["labelled_share"], **summary})
