@@ -27,7 +27,7 @@ from cirn.train.errors import CirnError
 
 SEQUENCE = 0  # the Cityscapes sequence number in a video's frame names (toy.CLIP_SEQUENCE)
 BAD_FRAME_POLICIES = ("stop", "skip", "fail")
-MAX_BAD_IN_A_ROW = 50  # skip: this many undecodable frames in a row end a video (a truncated file, not a glitch)
+MAX_BAD_IN_A_ROW = 50  # this many undecodable frames in a row end a video (a truncated file, not a glitch)
 
 
 class BadFrame(CirnError):
