@@ -173,11 +173,15 @@ def train_stage2(intermediate, preset, config_file, overrides, out, resume, quie
                                    "stage-2 model, then fine-tuning on them (stage3.rounds rounds).")
 @click.option("--model", "init", type=click.Path(dir_okay=False), required=True,
               help="Stage-2 checkpoint to start from (its best.pt).")
+@click.option("--intermediate", type=click.Path(file_okay=False), default=None,
+              help="Intermediate domain trained alongside the pseudo labels (stage3.source_weight) [default: the "
+                   "source].")
 @run_options
 @user_errors
-def train_stage3(init, preset, config_file, overrides, out, resume, quiet, **data):
+def train_stage3(init, intermediate, preset, config_file, overrides, out, resume, quiet, **data):
     from cirn.train import stage3
-    cfg, run_dir = resolve_run("stage3", preset, config_file, overrides, out, resume, **data)
+    cfg, run_dir = resolve_run("stage3", preset, config_file, overrides, out, resume, intermediate_root=intermediate,
+                               **data)
     result = stage3.run(cfg, run_dir, init=init, resume=resume, quiet=quiet)
     if _main_process():
         click.echo(f"best target mIoU {result['best_miou']:.2f} after {len(result['rounds'])} round(s) -> "

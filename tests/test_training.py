@@ -133,6 +133,8 @@ def test_stage3_smoke_and_resume_by_round(toy_args, tmp_path):
     summary = json.loads((pseudo / "summary.json").read_text())
     assert summary["images"] == 8 and len(list(pseudo.rglob("*_gtFine_labelIds.png"))) == 8
     assert (tmp_path / "s3" / "round2" / "best.pt").exists()
+    records = [json.loads(line) for line in (tmp_path / "s3" / "round1" / "metrics.jsonl").read_text().splitlines()]
+    assert all("loss_seg_second" in r for r in records if r["kind"] == "train")  # the source CE alongside (CBST)
     again = run_cli(args + ["--resume"])
     assert again.exit_code == 0 and again.output.count("already finished") == 2
 

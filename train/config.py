@@ -223,6 +223,9 @@ class Stage3Config:
     """fda: thresholds are capped at this."""
     iterations: int = 0
     """Fine-tuning iterations per round (0 = run.iterations)."""
+    source_weight: float = 1.0
+    """Weight of the CE on the labelled source (the intermediate domain when given) trained alongside the pseudo
+    labels, as CBST; 0 = pseudo labels only."""
 
     def __post_init__(self):
         _check_choice("stage3.policy", self.policy, ("cbst", "fda"))

@@ -152,7 +152,7 @@ def run(cfg, run_dir, init, resume=False, quiet=False):
                 run=dataclasses.replace(cfg.run, iterations=s3.iterations or cfg.run.iterations))
             in_progress = distributed.main_decides(has_checkpoint(round_dir))
             summary = supervised.run(round_cfg, round_dir, domain="pseudo", resume=resume and in_progress,
-                                     quiet=quiet, init=model_path)
+                                     quiet=quiet, init=model_path, source_weight=s3.source_weight)
         summaries.append({"round": r + 1, "pseudo_labelled_share": pseudo["labelled_share"], **summary})
         model_path = round_dir / "best.pt"
     result = {"run_dir": str(run_dir), "rounds": summaries, "best_miou": summaries[-1]["best_miou"],

@@ -1,5 +1,6 @@
-"""Supervised training: the source-only baseline (SO), the oracle (target labels) and CIR (SO on the intermediate
-domain, when data.intermediate_root is set). One loop: segmentation CE on the fused C + ACM logits."""
+"""Supervised training: the source-only baseline (SO), the oracle (target labels), CIR (SO on the intermediate
+domain, when data.intermediate_root is set) and stage 3's fine-tuning on pseudo labels (with the labelled source or
+intermediate domain alongside, as CBST). One loop: segmentation CE on the fused C + ACM logits."""
 
 from .distributed import average_gradients
 from .datasets import build_train_dataset, build_val_dataset, infinite_loader
@@ -9,23 +10,31 @@ from .losses import seg_loss
 from .models import build_model
 
 
-def train_step(model, optimizer, images, labels, amp_ctx, scaler):
-    """One SGD step on a labelled batch; returns the named losses as floats."""
-    with amp_ctx:
-        out = model(images)
-    logits = (out.logits_c + out.logits_acm).float()  # (B, C, h, w)
-    loss_seg = seg_loss(logits, labels)
+def train_step(model, optimizer, images, labels, amp_ctx, scaler, second=None):
+    """One SGD step on a labelled batch; returns the named losses as floats. second: (images, labels, weight) of
+    a batch of another labelled set whose CE is added with that weight (loss_seg_second)."""
+    def ce(batch_images, batch_labels):
+        with amp_ctx:
+            out = model(batch_images)
+        return seg_loss((out.logits_c + out.logits_acm).float(), batch_labels)  # logits (B, C, h, w)
+
+    loss_seg = ce(images, labels)
+    losses, total = {"loss_seg": loss_seg}, loss_seg
+    if second is not None:
+        losses["loss_seg_second"] = ce(second[0], second[1])
+        total = total + second[2] * losses["loss_seg_second"]
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss_seg).backward()
+    scaler.scale(total).backward()
     average_gradients(model)  # under torchrun: the gradient of the global batch
     scaler.step(optimizer)
     scaler.update()
-    return {"loss_seg": loss_seg.item()}
+    return {key: value.item() for key, value in losses.items()}
 
 
-def run(cfg, run_dir, domain="source", resume=False, quiet=False, init=None):
+def run(cfg, run_dir, domain="source", resume=False, quiet=False, init=None, source_weight=0.0):
     """Train on labelled `domain` ('source'; 'target' for the oracle; 'pseudo' for stage 3's pseudo labels),
-    from `init` (an earlier stage's checkpoint) when given; returns the run summary."""
+    from `init` (an earlier stage's checkpoint) when given, adding the labelled source (intermediate domain when
+    set) CE with `source_weight` when > 0; returns the run summary."""
     run_dir = prepare_run_dir(run_dir, cfg, resume)
     device = resolve_device(cfg.run.device)
     seed_everything(cfg.run.seed)
@@ -36,20 +45,32 @@ def run(cfg, run_dir, domain="source", resume=False, quiet=False, init=None):
     optimizer = seg_optimizer(model, cfg.optim)
     train_set = build_train_dataset(cfg.data, domain, model.normalization)
     batches = infinite_loader(train_set, cfg.run.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers)
+    extras = {"batches": batches}
+    if source_weight > 0:
+        extras["batches_source"] = infinite_loader(build_train_dataset(cfg.data, "source", model.normalization),
+                                                   cfg.run.batch_size, seed=cfg.run.seed + 1,
+                                                   num_workers=cfg.data.num_workers)
     keeper = BestKeeper(run_dir, cfg, build_val_dataset(cfg.data, model.normalization), device)
     amp_ctx, scaler = autocast(device, cfg.run.amp), grad_scaler(device, cfg.run.amp)
 
-    def step(batch, i):
+    def step(batches, i):
         set_lr(optimizer, poly_lr(cfg.optim.lr, i, cfg.run.iterations, cfg.optim.power, cfg.optim.warmup))
+        batch, source = batches
         images = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W)
         labels = batch["label"].to(device, non_blocking=True)  # (B, H, W)
-        return train_step(model, optimizer, images, labels, amp_ctx, scaler)
+        second = None
+        if source is not None:
+            second = (source["image"].to(device, non_blocking=True), source["label"].to(device, non_blocking=True),
+                      source_weight)
+        return train_step(model, optimizer, images, labels, amp_ctx, scaler, second)
+
+    def next_batches():
+        return next(batches), (next(extras["batches_source"]) if source_weight > 0 else None)
 
     desc = {"source": "source-only", "target": "oracle", "pseudo": "self-training"}[domain]
     if cfg.data.intermediate_root and domain == "source":
         desc = "cir (source-only on intermediate)"
     modules = {"model": model, "optimizer": optimizer, "scaler": scaler}
-    return train_loop(cfg, run_dir, modules, {"batches": batches}, step, lambda: next(batches), keeper, resume, desc,
-                      quiet=quiet)
+    return train_loop(cfg, run_dir, modules, extras, step, next_batches, keeper, resume, desc, quiet=quiet)
 
 
