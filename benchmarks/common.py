@@ -59,6 +59,16 @@ def log(message):
     print(message, file=sys.stderr, flush=True)
 
 
+def add_output_args(parser):
+    """The options every benchmark script shares: variants to leave out, where exports, runs and results go."""
+    parser.add_argument("--skip", action="append", default=[], metavar="VARIANT",
+                        help=f"leave a variant out (repeatable): {', '.join(VARIANT_NAMES)}")
+    parser.add_argument("--export-dir", default=None, help="keep the exported models here (default: a "
+                        "temporary folder)")
+    parser.add_argument("--runs-dir", default="runs", help="where the default checkpoint is looked for")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
+
+
 def parse_size(height, width):
     """(H, W) from --height/--width: both or neither (None)."""
     if (height is None) != (width is None):

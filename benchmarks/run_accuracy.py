@@ -12,7 +12,6 @@ Needs a trained checkpoint (or an .onnx whose source checkpoint is on disk); wri
 """
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -39,12 +38,7 @@ def parse_args(argv):
     parser.add_argument("--calib", default=None, help="INT8 calibration images (default: the target train split)")
     parser.add_argument("--calib-images", type=int, default=32, help="INT8 calibration images (cirn-export's "
                         "default)")
-    parser.add_argument("--skip", action="append", default=[], metavar="VARIANT",
-                        help=f"leave a variant out (repeatable): {', '.join(common.VARIANT_NAMES)}")
-    parser.add_argument("--export-dir", default=None, help="keep the exported models here (default: a "
-                        "temporary folder)")
-    parser.add_argument("--runs-dir", default="runs", help="where the default checkpoint is looked for")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
+    common.add_output_args(parser)
     return parser.parse_args(argv)
 
 

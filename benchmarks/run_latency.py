@@ -65,12 +65,7 @@ def parse_args(argv):
                         "folder (default: the run's target train split, else the toy target)")
     parser.add_argument("--calib-images", type=int, default=None, help="INT8 calibration images")
     parser.add_argument("--timeout", type=int, default=None, help="seconds one variant may take")
-    parser.add_argument("--skip", action="append", default=[], metavar="VARIANT",
-                        help=f"leave a variant out (repeatable): {', '.join(common.VARIANT_NAMES)}")
-    parser.add_argument("--export-dir", default=None, help="keep the exported models here (default: a "
-                        "temporary folder)")
-    parser.add_argument("--runs-dir", default="runs", help="where the default checkpoint is looked for")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
+    common.add_output_args(parser)
     args = parser.parse_args(argv)
     settings = dict(QUICK if args.quick else FULL)
     for key in ("warmup", "iterations", "seconds", "calib_images", "timeout"):
