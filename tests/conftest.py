@@ -16,6 +16,20 @@ def toy_args(toy_data):
     return ["--source-root", str(toy_data / "gta5"), "--target-root", str(toy_data / "cityscapes")]
 
 
+@pytest.fixture(scope="module")
+def checkpoint(toy_data, tmp_path_factory):
+    """best.pt of a 2-iteration smoke run, one per test module."""
+    return train_smoke_checkpoint(toy_data, tmp_path_factory.mktemp("runs") / "smoke")
+
+
+@pytest.fixture(scope="module")
+def onnx_static(checkpoint):
+    """A static 1 x 3 x 32 x 64 export of `checkpoint` (TorchScript exporter: quick)."""
+    from cirn.export import export_checkpoint
+    export_checkpoint(checkpoint, checkpoint.parent / "static", exporter="torchscript", parity_images=2)
+    return checkpoint.parent / "static" / "model.onnx"
+
+
 def train_smoke_checkpoint(toy_data, run_dir):
     """best.pt of a 2-iteration smoke run (tiny model, width 4, 64x32 target size) on the small toy pair."""
     from cirn.train import supervised

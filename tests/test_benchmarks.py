@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import train_smoke_checkpoint
 
 from cirn.train.errors import CirnError
 
@@ -29,11 +28,6 @@ def bench():
         yield {name: importlib.import_module(name) for name in ("common", "run_latency", "run_accuracy")}
     finally:
         sys.path.remove(str(BENCHMARKS))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(toy_data, tmp_path_factory):
-    return train_smoke_checkpoint(toy_data, tmp_path_factory.mktemp("runs") / "smoke")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import types
 
 import numpy as np
 import pytest
-from conftest import train_smoke_checkpoint
 import torch
 from click.testing import CliRunner
 
@@ -21,11 +20,6 @@ from cirn.train.datasets import normalize
 from cirn.train.errors import CirnError
 from cirn.train.labels import CLASS_NAMES, PALETTE
 from cirn.train.models import create_model, upsample
-
-
-@pytest.fixture(scope="module")
-def checkpoint(toy_data, tmp_path_factory):
-    return train_smoke_checkpoint(toy_data, tmp_path_factory.mktemp("runs") / "smoke")
 
 
 @pytest.fixture(scope="module")

@@ -9,23 +9,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from test_runtime import IndexBackend, count_frames, write_video
-from conftest import train_smoke_checkpoint
 
 from cirn.cli import run_main
-from cirn.export import export_checkpoint
 from cirn.runtime import run
 from cirn.runtime.shard import outputs, parse_shard, plan
 from cirn.runtime.sources import BadFrame
 from cirn.train.errors import CirnError
 from cirn.train.io import write_png
-
-
-@pytest.fixture(scope="module")
-def onnx_model(toy_data, tmp_path_factory):
-    """A static 1 x 3 x 32 x 64 export of a 2-iteration smoke checkpoint."""
-    checkpoint = train_smoke_checkpoint(toy_data, tmp_path_factory.mktemp("runs") / "smoke")
-    export_checkpoint(checkpoint, checkpoint.parent / "static", exporter="torchscript", parity_images=2)
-    return checkpoint.parent / "static" / "model.onnx"
 
 
 def corrupt_video(tmp_path, bad=4, count=10):
@@ -109,14 +99,14 @@ def test_an_overestimated_frame_count_is_the_end_not_a_bad_frame(tmp_path, monke
         assert "stopped at frame 6 of the 8" in info["decode_error"]
 
 
-def test_bad_frames_flag_from_the_cli(tmp_path, onnx_model):
+def test_bad_frames_flag_from_the_cli(tmp_path, onnx_static):
     video = corrupt_video(tmp_path)
     out = tmp_path / "o.mp4"
-    result = CliRunner().invoke(run_main, [str(video), "--model", str(onnx_model), "--out", str(out), "--quiet",
+    result = CliRunner().invoke(run_main, [str(video), "--model", str(onnx_static), "--out", str(out), "--quiet",
                                            "--bad-frames", "fail"])
     assert result.exit_code == 2 and "frame 4 of the 10" in result.output and "Traceback" not in result.output
     assert not out.exists()
-    result = CliRunner().invoke(run_main, [str(video), "--model", str(onnx_model), "--out", str(out), "--quiet",
+    result = CliRunner().invoke(run_main, [str(video), "--model", str(onnx_static), "--out", str(out), "--quiet",
                                            "--bad-frames", "skip"])
     assert result.exit_code == 0, result.output
     assert json.loads(out.with_suffix(".json").read_text())["frames"]["skipped"] == 1
@@ -152,9 +142,9 @@ def _files(root):
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-def test_shards_write_each_output_once_and_match_one_run(tmp_path, onnx_model):
+def test_shards_write_each_output_once_and_match_one_run(tmp_path, onnx_static):
     sources = sources_for_sharding(tmp_path)
-    common = [*sources, "--model", str(onnx_model), "--quiet", "--labels"]
+    common = [*sources, "--model", str(onnx_static), "--quiet", "--labels"]
     for name, extra in (("all", []), ("s0", ["--shard", "0/2"]), ("s1", ["--shard", "1/2"])):
         result = CliRunner().invoke(run_main, [*common, "--out-dir", str(tmp_path / name), *extra])
         assert result.exit_code == 0, result.output
@@ -172,19 +162,19 @@ def test_shards_write_each_output_once_and_match_one_run(tmp_path, onnx_model):
         "frames_seg.shard-1-of-2.json"}
 
 
-def test_several_sources_need_out_dir(tmp_path, onnx_model):
+def test_several_sources_need_out_dir(tmp_path, onnx_static):
     sources = sources_for_sharding(tmp_path)
-    result = CliRunner().invoke(run_main, [*sources[:2], "--model", str(onnx_model), "--out", "x.mp4"])
+    result = CliRunner().invoke(run_main, [*sources[:2], "--model", str(onnx_static), "--out", "x.mp4"])
     assert result.exit_code == 2 and "--out-dir" in result.output
 
 
 @pytest.mark.slow
-def test_sharded_inference_under_torchrun(tmp_path, onnx_model):
+def test_sharded_inference_under_torchrun(tmp_path, onnx_static):
     sources = sources_for_sharding(tmp_path)
     cli = shutil.which("cirn-run")
     assert cli, "cirn-run is not on PATH (pip install -e .)"
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--no-python", cli,
-            *sources, "--model", str(onnx_model), "--out-dir", str(tmp_path / "out"), "--quiet", "--threads", "1"]
+            *sources, "--model", str(onnx_static), "--out-dir", str(tmp_path / "out"), "--quiet", "--threads", "1"]
     done = subprocess.run(argv, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -6,7 +6,6 @@ import shutil
 import cv2
 import numpy as np
 import pytest
-from conftest import train_smoke_checkpoint
 import torch
 from click.testing import CliRunner
 
@@ -26,22 +25,10 @@ PARITY_FLOOR = 99.9  # % of labels equal to PyTorch FP32: export's floor for FP3
 
 
 @pytest.fixture(scope="module")
-def checkpoint(toy_data, tmp_path_factory):
-    return train_smoke_checkpoint(toy_data, tmp_path_factory.mktemp("runs") / "smoke")
-
-
-@pytest.fixture(scope="module")
 def onnx_dynamic(checkpoint):
     """The default export with dynamic batch, height and width (labels out)."""
     result = export_checkpoint(checkpoint, checkpoint.parent / "dynamic", dynamic=True, parity_images=2)
     return checkpoint.parent / "dynamic" / "model.onnx", result
-
-
-@pytest.fixture(scope="module")
-def onnx_static(checkpoint):
-    """A static 1 x 3 x 32 x 64 export (TorchScript exporter: quick)."""
-    export_checkpoint(checkpoint, checkpoint.parent / "static", exporter="torchscript", parity_images=2)
-    return checkpoint.parent / "static" / "model.onnx"
 
 
 @pytest.fixture(scope="module")

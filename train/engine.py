@@ -4,7 +4,9 @@ The stage modules (supervised.py, stage2.py, ...) each hold one explicit loop an
 """
 import json
 import math
+import os
 import random
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -116,8 +118,6 @@ def save_checkpoint(path, state):
 def _keep_as_previous(path):
     """prev.pt := last.pt, with last.pt in place all the while (a hard link renamed over prev.pt, else a copy),
     so a kill at any moment leaves a last.pt that --resume and the 'already holds a run' check both see."""
-    import os
-    import shutil
     prev, link = path.with_name("prev.pt"), path.with_name(".prev.pt.link")
     link.unlink(missing_ok=True)
     try:
@@ -360,12 +360,16 @@ def train_loop(cfg, run_dir, modules, extras, step_fn, next_batch, keeper, resum
                "best_iteration": keeper.best["iteration"], "history": keeper.history,
                "skipped_images": sorted(set().union(*(getattr(getattr(e, "dataset", None), "skipped", ())
                                                       for e in extras.values())))}
-    if main:
-        atomic_write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2))
-    distributed.barrier()  # later steps read what process 0 wrote
-    if not main:
-        summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    return summary
+    return write_summary(Path(run_dir) / "summary.json", summary)
+
+
+def write_summary(path, summary):
+    """Process 0 writes a step's summary.json (the mark later steps and re-runs look for); every process returns
+    it, the others once process 0 has written it."""
+    def write():
+        atomic_write_text(path, json.dumps(summary, indent=2))
+        return summary
+    return distributed.on_main(write, lambda: json.loads(Path(path).read_text()))
 
 
 def load_model(path, device="cpu"):

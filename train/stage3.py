@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from . import labels as L
 from . import distributed, supervised
 from .datasets import build_target_dataset
-from .engine import has_checkpoint, load_model, resolve_device
+from .engine import has_checkpoint, load_model, resolve_device, write_summary
 from .errors import CirnError
 from .io import atomic_write_text, write_png
 from .models import upsample
@@ -157,7 +157,4 @@ def run(cfg, run_dir, init, resume=False, quiet=False):
         model_path = round_dir / "best.pt"
     result = {"run_dir": str(run_dir), "rounds": summaries, "best_miou": summaries[-1]["best_miou"],
               "best_iteration": summaries[-1]["best_iteration"], "best": str(model_path)}
-    if distributed.is_main():
-        atomic_write_text(run_dir / "summary.json", json.dumps(result, indent=2))
-    distributed.barrier()
-    return result
+    return write_summary(run_dir / "summary.json", result)
