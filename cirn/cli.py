@@ -84,7 +84,9 @@ def run_options(fn):
         click.option("--target", type=click.Choice(["toy", "cityscapes"]), default=None,
                      help="Target domain [preset's, toy by default]."),
         click.option("--target-root", type=click.Path(), default=None, help="Cityscapes root."),
-        click.option("--pretrained", default=None, help="Backbone init: a weights file or 'imagenet'."),
+        click.option("--pretrained", default=None,
+                     help="Backbone init: 'imagenet' or a weights file (torchvision, DeepLab init, or a cirn "
+                          "checkpoint: its backbone)."),
         click.option("--out", type=click.Path(file_okay=False), default=None,
                      help="Run folder [default: runs/COMMAND]."),
         click.option("--preset", default="toy", show_default=True, help="toy | smoke | paper | paper-synthia."),

@@ -302,3 +302,21 @@ def test_mobilenetv3_loads_a_torchvision_state_dict(tmp_path):
     torch.save(reference.state_dict(), path)
     assert "classifier.0.weight" in load_pretrained(model, str(path))
     assert torch.equal(model.backbone.features[16][0].weight, reference.features[16][0].weight)
+
+
+def test_a_cirn_checkpoint_initialises_the_backbone_only(tmp_path):
+    """The toy's stand-in for ImageNet features: the backbone of a source-only run, with new classifiers."""
+    trained = build_model(ModelConfig(name="tiny", num_classes=3, width=4))
+    trained.normalization = "caffe"
+    path = tmp_path / "best.pt"
+    torch.save({"format": "cirn-checkpoint", "model": trained.state_dict()}, path)
+    fresh = build_model(ModelConfig(name="tiny", num_classes=3, width=4))
+    report = load_pretrained(fresh, str(path))
+    assert "cirn checkpoint" in report and "skipped" in report
+    new, old = fresh.state_dict(), trained.state_dict()
+    assert all(torch.equal(new[k], v) for k, v in old.items() if k.startswith("backbone."))
+    heads = [k for k in old if k.endswith("weight") and not k.startswith("backbone.")]
+    assert heads and not any(torch.equal(new[k], old[k]) for k in heads)  # new classifiers and attention
+    assert fresh.normalization == "caffe"
+    with pytest.raises(CirnError, match="do not fit"):  # another architecture's checkpoint
+        load_pretrained(build_model(ModelConfig(name="tiny", num_classes=3, width=8)), str(path))

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 from cirn.cli import train_main
@@ -150,6 +151,12 @@ def test_all_stages_smoke_and_resume_by_stage(toy_args, tmp_path):
         assert 0 <= row["miou"] <= 100 and len(row["per_class"]) == 19
     assert "CIR+ASS+ST" in result.output and (out / "ablation.png").stat().st_size > 0
     assert (out / "examples.png").stat().st_size > 0
+    # No pretrained weights in the preset: the steps after SO start from SO's backbone (ImageNet's stand-in).
+    assert "start from the backbone of the SO step" in result.output
+    for step in ("cir", "ass", "cir-ass"):
+        config = yaml.safe_load((out / step / "config.yaml").read_text())
+        assert config["model"]["pretrained"] == str(out / "source-only" / "best.pt")
+    assert yaml.safe_load((out / "source-only" / "config.yaml").read_text())["model"]["pretrained"] == ""
     again = run_cli(args)
     assert again.exit_code == 0
     assert again.output.count("already finished") == 6  # five trained rows and stage 1

@@ -2,8 +2,10 @@
 
 A file may hold torchvision's keys (conv1.weight, layer1.0.conv1.weight, features.0.0.weight, ...) or those of the
 DeepLab init file of AdaptSegNet/CLAN (DeepLab_resnet_pretrained_init-f81d91e8.pth: Scale.conv1.weight, ...,
-Scale.layer5.* = its classifier). Classifier weights in either are skipped: their class counts differ from ours.
-The weights decide the input normalisation, recorded on the model: DeepLab init (Caffe) -> 'caffe', else 'imagenet'.
+Scale.layer5.* = its classifier), or a cirn training checkpoint of the same architecture (its backbone only: the
+toy's stand-in for ImageNet features is the backbone of a source-only run). Classifier weights are skipped: their
+class counts may differ from ours. The weights decide the input normalisation, recorded on the model: DeepLab init
+(Caffe) -> 'caffe', a cirn checkpoint -> its own, else 'imagenet'.
 """
 from pathlib import Path
 from urllib.parse import urlparse
@@ -11,6 +13,7 @@ from urllib.parse import urlparse
 import torch
 
 from ..errors import CirnError
+from .segnet import NORMALIZATIONS
 
 # Top-level names of classification heads in the files we read: torchvision ResNet (fc), torchvision MobileNet
 # (classifier), DeepLab init / CLAN (layer5, layer6).
@@ -33,8 +36,11 @@ def load_pretrained(model, spec):
         path = Path(spec).expanduser()
         state, fmt = _read_state_dict(path)
         source = str(path)
+    normalization = "caffe" if fmt == "deeplab-init" else "imagenet"
+    if fmt == "cirn checkpoint":
+        normalization = NORMALIZATIONS[int(state.pop("normalization_index", 0))]
     skipped = _load_backbone(backbone, state, source, fmt)
-    model.normalization = "caffe" if fmt == "deeplab-init" else "imagenet"
+    model.normalization = normalization
     report = f"{backbone.name}: {len(state) - len(skipped)} tensors from {source} ({fmt} format, " \
              f"{model.normalization} normalisation)"
     if skipped:
@@ -80,6 +86,11 @@ def _read_state_dict(path):
         state = {k[len("module."):]: v for k, v in state.items()}
     if any(k.startswith("Scale.") for k in state):
         return {k.removeprefix("Scale."): v for k, v in state.items()}, "deeplab-init"
+    if any(k.startswith("backbone.") for k in state):
+        # A cirn checkpoint (SegNet keys): the backbone's tensors, the normalisation, and the heads (C, ACM,
+        # attention) filed under "classifier." so that they are reported as skipped.
+        return {(k.removeprefix("backbone.") if k.startswith("backbone.") or k == "normalization_index"
+                 else f"classifier.{k}"): v for k, v in state.items()}, "cirn checkpoint"
     return state, "torchvision"
 
 
