@@ -49,15 +49,18 @@ def class_counts(labels, num_classes):
 
 def colour_lut(palette):
     """(256,) uint32 lookup table: trainId -> its RGB colour packed in the low three bytes (black beyond the
-    palette), so that one numpy take gives the colours of a label map (3x faster than cv2.LUT on 3 channels)."""
+    palette), so that one numpy take gives the colours of a label map (cheaper than cv2.LUT on 3 channels)."""
     rgb = np.zeros((256, 4), np.uint8)
     rgb[:len(palette), :3] = palette
     return rgb.view("<u4").reshape(256)
 
 
 def palette_key(palette):
-    """The palette as a tuple of RGB tuples (hashable: the legend cache's key); a tuple is returned as it is."""
-    return palette if isinstance(palette, tuple) else tuple(tuple(int(v) for v in p) for p in palette)
+    """The palette as a tuple of RGB tuples of ints (hashable: the legend cache's key); one already in that form is
+    returned as it is (Outputs converts once, so the per-frame legend does not)."""
+    if isinstance(palette, tuple) and all(isinstance(p, tuple) for p in palette):
+        return palette
+    return tuple(tuple(int(v) for v in p) for p in palette)
 
 
 def overlay(image, labels, palette, alpha=0.5, class_names=None, counts=None, lut=None):

@@ -16,8 +16,8 @@ from ..errors import CirnError
 from .segnet import NORMALIZATIONS
 
 # Top-level names of classification heads in the files we read: torchvision ResNet (fc), torchvision MobileNet
-# (classifier), DeepLab init / CLAN (layer5, layer6).
-HEAD_KEYS = ("fc", "classifier", "layer5", "layer6")
+# (classifier), DeepLab init / CLAN (layer5, layer6), a cirn checkpoint (C, the ACM's classifier and attention).
+HEAD_KEYS = ("fc", "classifier", "layer5", "layer6", "classifier_c", "classifier_acm", "attention")
 
 
 def load_pretrained(model, spec):
@@ -36,8 +36,8 @@ def load_pretrained(model, spec):
         path = Path(spec).expanduser()
         state, fmt = _read_state_dict(path)
         source = str(path)
-    normalization = "caffe" if fmt == "deeplab-init" else "imagenet"
-    if fmt == "cirn checkpoint":
+    normalization = {"deeplab-init": "caffe", "torchvision": "imagenet"}.get(fmt)
+    if fmt == "cirn checkpoint":  # the checkpoint's own
         normalization = NORMALIZATIONS[int(state.pop("normalization_index", 0))]
     skipped = _load_backbone(backbone, state, source, fmt)
     model.normalization = normalization
@@ -86,11 +86,8 @@ def _read_state_dict(path):
         state = {k[len("module."):]: v for k, v in state.items()}
     if any(k.startswith("Scale.") for k in state):
         return {k.removeprefix("Scale."): v for k, v in state.items()}, "deeplab-init"
-    if any(k.startswith("backbone.") for k in state):
-        # A cirn checkpoint (SegNet keys): the backbone's tensors, the normalisation, and the heads (C, ACM,
-        # attention) filed under "classifier." so that they are reported as skipped.
-        return {(k.removeprefix("backbone.") if k.startswith("backbone.") or k == "normalization_index"
-                 else f"classifier.{k}"): v for k, v in state.items()}, "cirn checkpoint"
+    if any(k.startswith("backbone.") for k in state):  # a cirn checkpoint: SegNet keys, its heads get skipped
+        return {k.removeprefix("backbone."): v for k, v in state.items()}, "cirn checkpoint"
     return state, "torchvision"
 
 
