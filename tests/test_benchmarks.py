@@ -25,7 +25,8 @@ def bench():
     """The benchmark scripts as modules (they import their `common` from benchmarks/, as when run as scripts)."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        yield {name: importlib.import_module(name) for name in ("common", "run_latency", "run_accuracy")}
+        yield {name: importlib.import_module(name) for name in ("common", "run_latency", "run_accuracy",
+                                                                       "pseudo_labels")}
     finally:
         sys.path.remove(str(BENCHMARKS))
 
@@ -118,6 +119,34 @@ def test_accuracy_needs_a_trained_checkpoint(bench, tmp_path):
         bench["run_accuracy"].main(["--model", "tiny", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         bench["run_latency"].main(["--skip", "no-such-variant", "--out", str(tmp_path)])
+
+
+def test_pseudo_label_precision_against_the_train_labels(bench, checkpoint, toy_data, tmp_path):
+    """Pseudo labels = the true labels, except one image's road called car: precision and the error found."""
+    import numpy as np
+
+    from cirn.train import labels
+    from cirn.train.datasets import cityscapes_label_files, read_label
+    from cirn.train.io import write_png
+    target = toy_data / "cityscapes"
+    files = cityscapes_label_files(target, "train")
+    valid = wrong = 0
+    for i, (name, path) in enumerate(files):
+        ids = read_label(path)
+        trainids = labels.LABELID_TO_TRAINID[ids]
+        valid += int((trainids != labels.IGNORE_INDEX).sum())
+        if i == 0:
+            wrong = int((trainids == 0).sum())
+            ids = np.where(trainids == 0, labels.CITYSCAPES_LABEL_IDS[13], ids)  # road -> car
+        write_png(tmp_path / "pseudo" / "gtFine" / "train" / f"{name}_gtFine_labelIds.png", ids)
+    assert wrong > 0
+    figures = bench["pseudo_labels"].main([str(tmp_path / "pseudo"), "--target-root", str(target), "--model",
+                                           str(checkpoint), "--easy-split", "0.5", "--json", str(tmp_path / "f.json")])
+    assert figures["images"] == len(files) and figures["easy_images"] == figures["hard_images"] == len(files) // 2
+    assert figures["precision"] == pytest.approx(1 - wrong / valid)
+    top = figures["top_errors"][0]
+    assert (top["true"], top["pseudo"], top["pixels"]) == ("road", "car", wrong) and top["in_hard"] in (0.0, 1.0)
+    assert json.loads((tmp_path / "f.json").read_text())["classes"]["road"]["precision"] == 1.0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

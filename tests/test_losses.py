@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from cirn.train.losses import adversarial_loss, disagreement_map, discriminator_loss, seg_loss, weight_discrepancy
+from cirn.train.losses import (adversarial_loss, disagreement_map, discriminator_loss, kld_regularizer, seg_loss,
+                               weight_discrepancy)
 
 
 def softplus(x):
@@ -38,6 +39,21 @@ def test_seg_loss_without_valid_pixels_is_zero_with_grad():
 def test_seg_loss_rejects_wrong_shapes():
     with pytest.raises(AssertionError):
         seg_loss(torch.zeros(1, 2, 2, 2), torch.zeros(1, 1, 2, 2, dtype=torch.long))
+
+
+def test_kld_regularizer_is_mean_negative_log_prob_over_classes_on_labelled_pixels():
+    logits = torch.tensor([[[[0.0, 2.0, 5.0]], [[0.0, 0.0, 0.0]]]])  # (1, 2, 1, 3); the third pixel is ignored
+    labels = torch.tensor([[[0, 1, 255]]])
+    second = -(math.log(1 / (1 + math.exp(-2))) + math.log(1 / (1 + math.exp(2)))) / 2  # p = sigmoid(+-2)
+    expected = (math.log(2) + second) / 2  # a uniform pixel gives log C, the minimum
+    assert kld_regularizer(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_kld_regularizer_pulls_confident_pixels_towards_uniform():
+    logits = torch.tensor([[[[3.0]], [[-1.0]]]], requires_grad=True)  # (1, 2, 1, 1), confident in class 0
+    kld_regularizer(logits, torch.tensor([[[0]]])).backward()
+    assert logits.grad[0, 0].item() > 0 > logits.grad[0, 1].item()  # descent lowers class 0, raises class 1
+    assert kld_regularizer(torch.zeros(1, 2, 1, 1), torch.full((1, 1, 1), 255)).item() == 0.0
 
 
 def test_disagreement_map_is_one_minus_cosine_per_pixel_and_sample():

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -123,19 +124,37 @@ def test_pseudo_label_thresholds_by_hand():
     assert labels.tolist() == [[255, 255, 2]]  # 0.85 and 0.6 (both class 0) under 0.9; 0.6 >= 0.5 for class 2
 
 
+def test_easy_split_keeps_the_images_of_lowest_mean_entropy():
+    from cirn.train.stage3 import easiest_images, mean_entropy
+    uniform, confident = torch.full((4, 2, 2), 0.25), torch.tensor([0.97, 0.01, 0.01, 0.01])[:, None, None]
+    assert mean_entropy(uniform) == pytest.approx(math.log(4), rel=1e-6)
+    assert mean_entropy(confident.expand(4, 2, 2)) < 0.2
+    entropies = {"a": 0.9, "b": 0.1, "c": 0.5, "d": 0.5}
+    assert easiest_images(entropies, 0.5) == {"b", "c"}  # ties broken by name
+    assert easiest_images(entropies, 0.6) == {"b", "c", "d"} and easiest_images(entropies, 0.01) == {"b"}
+
+
 def test_stage3_smoke_and_resume_by_round(toy_args, tmp_path):
     s2 = tmp_path / "s2"
     assert run_cli(["stage2", "--preset", "smoke", "--out", str(s2), "--quiet", *toy_args]).exit_code == 0
     args = ["stage3", "--model", str(s2 / "best.pt"), "--preset", "smoke", "--out", str(tmp_path / "s3"), "--quiet",
-            *toy_args, "stage3.rounds=2"]
+            *toy_args, "stage3.rounds=2", "stage3.easy_split=0.5", "stage3.kld_weight=0.1"]
     result = run_cli(args)
     assert result.exit_code == 0, result.output
     pseudo = tmp_path / "s3" / "round1" / "pseudo"
     summary = json.loads((pseudo / "summary.json").read_text())
-    assert summary["images"] == 8 and len(list(pseudo.rglob("*_gtFine_labelIds.png"))) == 8
+    # The easy split: the 4 of 8 images of lowest mean entropy are labelled, listed, and the fine-tune reads the list.
+    assert summary["images"] == 8 and summary["images_labelled"] == 4
+    labelled = sorted(p.relative_to(pseudo / "gtFine" / "train").as_posix()[:-len("_gtFine_labelIds.png")]
+                      for p in pseudo.rglob("*_gtFine_labelIds.png"))
+    assert len(labelled) == 4 and (pseudo / "images.txt").read_text().split() == labelled
+    config = yaml.safe_load((tmp_path / "s3" / "round1" / "config.yaml").read_text())
+    assert config["data"]["target_list"] == str(pseudo / "images.txt")
     assert (tmp_path / "s3" / "round2" / "best.pt").exists()
     records = [json.loads(line) for line in (tmp_path / "s3" / "round1" / "metrics.jsonl").read_text().splitlines()]
-    assert all("loss_seg_second" in r for r in records if r["kind"] == "train")  # the source CE alongside (CBST)
+    train = [r for r in records if r["kind"] == "train"]
+    assert train and all("loss_seg_second" in r for r in train)  # the source CE alongside (CBST)
+    assert all(r["loss_kld"] > 0 for r in train)  # CRST's MR-KLD on the pseudo-labelled pixels
     again = run_cli(args + ["--resume"])
     assert again.exit_code == 0 and again.output.count("already finished") == 2
 

@@ -228,11 +228,18 @@ class Stage3Config:
     source_weight: float = 1.0
     """Weight of the CE on the labelled source (the intermediate domain when given) trained alongside the pseudo
     labels, as CBST; 0 = pseudo labels only."""
+    easy_split: float = 1.0
+    """Share of the target train images pseudo-labelled and trained on: those whose prediction has the lowest mean
+    entropy (IntraDA's easy split, 0.67 there); 1 = all."""
+    kld_weight: float = 0.0
+    """Weight of CRST's MR-KLD confidence regulariser on the pseudo-labelled pixels (CRST uses 0.1); 0 = off."""
 
     def __post_init__(self):
         _check_choice("stage3.policy", self.policy, ("cbst", "fda"))
-        if not 0 < self.portion <= 1 or not 0 < self.portion_max <= 1:
-            raise CirnError("stage3.portion and stage3.portion_max must be in (0, 1]")
+        if not 0 < self.portion <= 1 or not 0 < self.portion_max <= 1 or not 0 < self.easy_split <= 1:
+            raise CirnError("stage3.portion, stage3.portion_max and stage3.easy_split must be in (0, 1]")
+        if self.kld_weight < 0 or self.source_weight < 0:
+            raise CirnError("stage3.kld_weight and stage3.source_weight must be >= 0")
         if self.rounds < 1:
             raise CirnError(f"stage3.rounds must be at least 1, got {self.rounds}")
 

@@ -29,6 +29,16 @@ def seg_loss(logits, labels):
     return total / distributed.global_count((labels != IGNORE_INDEX).sum()).clamp(min=1)
 
 
+def kld_regularizer(logits, labels):
+    """(B, C, h, w) logits, (B, H, W) labels -> scalar CRST's MR-KLD: KL(uniform || softmax) up to a constant,
+    -mean over classes of log p_c, averaged over the labelled pixels. Added to the pseudo-label CE with a small
+    weight, it keeps the model from growing as confident as the labels it learns from (Zou et al., ICCV 2019)."""
+    assert logits.dim() == 4 and labels.dim() == 3, f"{tuple(logits.shape)} logits, {tuple(labels.shape)} labels"
+    valid = labels != IGNORE_INDEX  # (B, H, W)
+    per_pixel = -F.log_softmax(upsample(logits, labels.shape[-2:]), dim=1).mean(dim=1)  # (B, H, W)
+    return (per_pixel * valid).sum() / distributed.global_count(valid.sum()).clamp(min=1)
+
+
 def disagreement_map(logits_c, logits_acm, size):
     """(B, C, h, w) x 2 -> (B, 1, *size) R = 1 - cos(softmax C, softmax ACM) per pixel, after upsampling to size."""
     assert logits_c.dim() == 4 and logits_c.shape == logits_acm.shape, \

@@ -2,6 +2,8 @@
 
 Thresholds come from per-class histograms of the prediction confidence over the whole split (1,000 bins), so the
 memory stays flat on the full Cityscapes train set: one pass collects the histograms, a second writes the labels.
+With stage3.easy_split < 1 a first pass ranks the images by the mean entropy of their prediction (IntraDA) and only
+the easiest share is pseudo-labelled and trained on (listed in images.txt).
 Pseudo labels are written as Cityscapes labelId PNGs (ignored pixels -> 0, "unlabeled"), so the ordinary Cityscapes
 loader reads them back with the images of the target root.
 """
@@ -23,6 +25,7 @@ from .io import atomic_write_text, write_png
 from .models import upsample
 
 BINS = 1000
+IMAGE_LIST = "images.txt"  # in the pseudo-label folder when only the easy split is labelled
 
 
 def class_thresholds(histograms, policy, portion=0.2, percentile=66.0, max_threshold=0.9):
@@ -60,13 +63,27 @@ def pseudo_labels(probs, thresholds, policy):
 
 
 @torch.no_grad()
-def _predict(model, dataset, device):
-    """Yield (name, (C, H, W) probabilities at the image's original size) over the dataset."""
+def _predict(model, dataset, device, names=None):
+    """Yield (name, (C, H, W) probabilities at the image's original size) over the dataset (only `names` if given)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False)
     for batch in loader:
+        if names is not None and batch["name"][0] not in names:
+            continue
         logits = model.fused(batch["image"].to(device))  # (1, C, h, w)
         height, width = (int(v) for v in batch["size"][0])
         yield batch["name"][0], F.softmax(upsample(logits.float(), (height, width)), dim=1)[0]
+
+
+def easiest_images(mean_entropies, share):
+    """{name: mean prediction entropy} -> the set of the ceil(share * N) names of lowest entropy (IntraDA's easy
+    split); ties keep the order of the names."""
+    ranked = sorted(mean_entropies, key=lambda name: (mean_entropies[name], name))
+    return set(ranked[:max(1, int(np.ceil(share * len(ranked))))])
+
+
+def mean_entropy(probs):
+    """(C, H, W) probabilities -> the mean over pixels of -sum_c p log p."""
+    return float(-(probs * probs.clamp_min(1e-12).log()).sum(dim=0).mean())
 
 
 def read_json(path):
@@ -88,8 +105,12 @@ def generate(model_path, cfg, out_dir, portion, device=None, quiet=False):
     s3 = cfg.stage3
     num_classes = cfg.model.num_classes
 
+    kept_names, entropies = None, {}
+    if s3.easy_split < 1:
+        entropies = {name: mean_entropy(probs) for name, probs in _predict(model, dataset, device)}
+        kept_names = easiest_images(entropies, s3.easy_split)
     histograms = np.zeros((num_classes, BINS), dtype=np.int64)
-    for _, probs in _predict(model, dataset, device):
+    for _, probs in _predict(model, dataset, device, kept_names):
         conf, pred = probs.max(dim=0)
         bins = (conf * BINS).long().clamp_(max=BINS - 1)
         histograms += torch.bincount(pred.flatten() * BINS + bins.flatten(),
@@ -98,14 +119,18 @@ def generate(model_path, cfg, out_dir, portion, device=None, quiet=False):
 
     kept = np.zeros(num_classes, dtype=np.int64)
     total = 0
-    for name, probs in _predict(model, dataset, device):
+    for name, probs in _predict(model, dataset, device, kept_names):
         trainids = pseudo_labels(probs, thresholds, s3.policy)
         kept += np.bincount(trainids[trainids != L.IGNORE_INDEX], minlength=num_classes)[:num_classes]
         total += trainids.size
         write_png(out_dir / "gtFine" / "train" / f"{name}_gtFine_labelIds.png", L.TRAINID_TO_LABELID[trainids])
+    if kept_names is not None:  # the fine-tune's list of images (Cityscapes names, as a target_list)
+        atomic_write_text(out_dir / IMAGE_LIST, "".join(f"{name}\n" for name in sorted(kept_names)))
     names = L.CLASS_NAMES[:num_classes]
     summary = {
         "model": str(model_path), "policy": s3.policy, "portion": portion, "images": len(dataset),
+        "easy_split": s3.easy_split, "images_labelled": len(kept_names) if kept_names is not None else len(dataset),
+        "max_mean_entropy": max(entropies[n] for n in kept_names) if kept_names is not None else None,
         "labelled_share": float(kept.sum() / max(total, 1)),
         "classes": {n: {"threshold": round(float(t), 4), "predicted_pixels": int(h.sum()), "kept_pixels": int(k),
                         "coverage": float(k / max(total, 1))}
@@ -118,8 +143,9 @@ def generate(model_path, cfg, out_dir, portion, device=None, quiet=False):
 
 
 def format_summary(summary):
-    lines = [f"pseudo labels ({summary['policy']}, portion {summary['portion']:.2f}): {summary['images']} images, "
-             f"{100 * summary['labelled_share']:.1f}% of pixels labelled",
+    lines = [f"pseudo labels ({summary['policy']}, portion {summary['portion']:.2f}): "
+             f"{summary['images_labelled']} of {summary['images']} images (the easiest {summary['easy_split']:.2f}), "
+             f"{100 * summary['labelled_share']:.1f}% of their pixels labelled",
              f"{'class':<14}{'threshold':>10}{'coverage %':>12}"]
     for name, c in summary["classes"].items():
         lines.append(f"{name:<14}{c['threshold']:>10.3f}{100 * c['coverage']:>12.2f}")
@@ -147,12 +173,16 @@ def run(cfg, run_dir, init, resume=False, quiet=False):
             print(f"stage 3 round {r + 1}: already finished, skipping ({done})")
             summary = json.loads(done.read_text())
         else:
+            image_list = round_dir / "pseudo" / IMAGE_LIST
             round_cfg = dataclasses.replace(
-                cfg, data=dataclasses.replace(cfg.data, pseudo_root=str(round_dir / "pseudo")),
+                cfg, data=dataclasses.replace(cfg.data, pseudo_root=str(round_dir / "pseudo"),
+                                              target_list=str(image_list) if image_list.exists() else
+                                              cfg.data.target_list),
                 run=dataclasses.replace(cfg.run, iterations=s3.iterations or cfg.run.iterations))
             in_progress = distributed.main_decides(has_checkpoint(round_dir))
             summary = supervised.run(round_cfg, round_dir, domain="pseudo", resume=resume and in_progress,
-                                     quiet=quiet, init=model_path, source_weight=s3.source_weight)
+                                     quiet=quiet, init=model_path, source_weight=s3.source_weight,
+                                     kld_weight=s3.kld_weight)
         summaries.append({"round": r + 1, "pseudo_labelled_share": pseudo["labelled_share"], **summary})
         model_path = round_dir / "best.pt"
     result = {"run_dir": str(run_dir), "rounds": summaries, "best_miou": summaries[-1]["best_miou"],

@@ -6,22 +6,27 @@ from .distributed import average_gradients
 from .datasets import build_train_dataset, build_val_dataset, infinite_loader
 from .engine import (BestKeeper, autocast, grad_scaler, init_from_checkpoint, poly_lr, prepare_run_dir,
                      resolve_device, seed_everything, seg_optimizer, set_lr, train_loop)
-from .losses import seg_loss
+from .losses import kld_regularizer, seg_loss
 from .models import build_model
 
 
-def train_step(model, optimizer, images, labels, amp_ctx, scaler, second=None):
+def train_step(model, optimizer, images, labels, amp_ctx, scaler, second=None, kld_weight=0.0):
     """One SGD step on a labelled batch; returns the named losses as floats. second: (images, labels, weight) of
-    a batch of another labelled set whose CE is added with that weight (loss_seg_second)."""
-    def ce(batch_images, batch_labels):
+    a batch of another labelled set whose CE is added with that weight (loss_seg_second). kld_weight > 0 adds
+    CRST's MR-KLD regulariser on the first batch's labelled pixels (loss_kld)."""
+    def fused_logits(batch_images):
         with amp_ctx:
             out = model(batch_images)
-        return seg_loss((out.logits_c + out.logits_acm).float(), batch_labels)  # logits (B, C, h, w)
+        return (out.logits_c + out.logits_acm).float()  # (B, C, h, w)
 
-    loss_seg = ce(images, labels)
+    logits = fused_logits(images)
+    loss_seg = seg_loss(logits, labels)
     losses, total = {"loss_seg": loss_seg}, loss_seg
+    if kld_weight > 0:
+        losses["loss_kld"] = kld_regularizer(logits, labels)
+        total = total + kld_weight * losses["loss_kld"]
     if second is not None:
-        losses["loss_seg_second"] = ce(second[0], second[1])
+        losses["loss_seg_second"] = seg_loss(fused_logits(second[0]), second[1])
         total = total + second[2] * losses["loss_seg_second"]
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(total).backward()
@@ -31,10 +36,11 @@ def train_step(model, optimizer, images, labels, amp_ctx, scaler, second=None):
     return {key: value.item() for key, value in losses.items()}
 
 
-def run(cfg, run_dir, domain="source", resume=False, quiet=False, init=None, source_weight=0.0):
+def run(cfg, run_dir, domain="source", resume=False, quiet=False, init=None, source_weight=0.0, kld_weight=0.0):
     """Train on labelled `domain` ('source'; 'target' for the oracle; 'pseudo' for stage 3's pseudo labels),
     from `init` (an earlier stage's checkpoint) when given, adding the labelled source (intermediate domain when
-    set) CE with `source_weight` when > 0; returns the run summary."""
+    set) CE with `source_weight` when > 0 and MR-KLD on `domain`'s labelled pixels with `kld_weight`; returns the
+    run summary."""
     run_dir = prepare_run_dir(run_dir, cfg, resume)
     device = resolve_device(cfg.run.device)
     seed_everything(cfg.run.seed)
@@ -62,7 +68,7 @@ def run(cfg, run_dir, domain="source", resume=False, quiet=False, init=None, sou
         if source is not None:
             second = (source["image"].to(device, non_blocking=True), source["label"].to(device, non_blocking=True),
                       source_weight)
-        return train_step(model, optimizer, images, labels, amp_ctx, scaler, second)
+        return train_step(model, optimizer, images, labels, amp_ctx, scaler, second, kld_weight)
 
     def next_batches():
         return next(batches), (next(extras["batches_source"]) if source_weight > 0 else None)
