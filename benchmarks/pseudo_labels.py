@@ -19,7 +19,8 @@ from cirn.train import labels as L
 from cirn.train.config import from_dict, load_config
 from cirn.train.datasets import _target_root, build_target_dataset, cityscapes_label_files, read_label
 from cirn.train.engine import load_model
-from cirn.train.stage3 import _predict, easiest_images, mean_entropy
+from cirn.train.evaluate import ConfusionMatrix
+from cirn.train.stage3 import easiest_images, image_entropies
 
 
 def parse_args(argv=None):
@@ -47,16 +48,10 @@ def image_confusions(pseudo_dir, target_root):
         pseudo, true = trainids(path), trainids(truth[name])
         if pseudo.shape != true.shape:
             raise SystemExit(f"{path}: {pseudo.shape} pseudo label against a {true.shape} label")
-        keep = (pseudo != L.IGNORE_INDEX) & (true != L.IGNORE_INDEX)
-        pairs = true[keep].astype(np.int64) * L.NUM_CLASSES + pseudo[keep]
-        result[name] = np.bincount(pairs, minlength=L.NUM_CLASSES ** 2).reshape(L.NUM_CLASSES, L.NUM_CLASSES)
+        confusion = ConfusionMatrix(L.NUM_CLASSES)
+        confusion.update(pseudo, true)
+        result[name] = confusion.matrix[:L.NUM_CLASSES, :L.NUM_CLASSES]  # unlabelled pixels and ignored truth left out
     return result
-
-
-def entropy_ranking(model, cfg):
-    """{name: mean entropy of the model's prediction} over the whole target train split."""
-    dataset = build_target_dataset(cfg.data, model.normalization, with_labels=False, flip=False)
-    return {name: mean_entropy(probs) for name, probs in _predict(model, dataset, "cpu")}
 
 
 def main(argv=None):
@@ -83,7 +78,8 @@ def main(argv=None):
         print(f"{L.CLASS_NAMES[c]:<14}{100 * kept[c] / kept.sum():>9.2f}{100 * total[c, c] / kept[c]:>13.1f}  "
               + ", ".join(f"{n} {100 * v / kept[c]:.0f}%" for v, n in wrong))
     if args.model:
-        entropies = entropy_ranking(model, cfg)
+        dataset = build_target_dataset(cfg.data, model.normalization, with_labels=False, flip=False)
+        entropies = image_entropies(model, dataset, "cpu")
         easy = easiest_images(entropies, args.easy_split) & set(per_image)
         hard = set(per_image) - easy
 

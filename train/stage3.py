@@ -86,6 +86,11 @@ def mean_entropy(probs):
     return float(-(probs * probs.clamp_min(1e-12).log()).sum(dim=0).mean())
 
 
+def image_entropies(model, dataset, device):
+    """{name: mean entropy of the model's prediction} over the dataset: what easy_split ranks by."""
+    return {name: mean_entropy(probs) for name, probs in _predict(model, dataset, device)}
+
+
 def read_json(path):
     return json.loads(Path(path).read_text())
 
@@ -107,7 +112,7 @@ def generate(model_path, cfg, out_dir, portion, device=None, quiet=False):
 
     kept_names, entropies = None, {}
     if s3.easy_split < 1:
-        entropies = {name: mean_entropy(probs) for name, probs in _predict(model, dataset, device)}
+        entropies = image_entropies(model, dataset, device)
         kept_names = easiest_images(entropies, s3.easy_split)
     histograms = np.zeros((num_classes, BINS), dtype=np.int64)
     for _, probs in _predict(model, dataset, device, kept_names):
