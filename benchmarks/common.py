@@ -181,7 +181,7 @@ def resolve_model(spec, work_dir, runs_dir="runs"):
     name (random weights, saved as a checkpoint in work_dir) or None (the newest best.pt under runs_dir, else
     `tiny`)."""
     from cirn.export import find_latest_checkpoint, read_metadata
-    from cirn.train.errors import CirnError
+    from cirn.common.errors import CirnError
     from cirn.train.models import MODEL_NAMES
     if spec is None:
         try:
@@ -547,7 +547,7 @@ def short_reason(row, limit=90):
 
 def write_report(out, stem, report, table):
     """{stem}.json (the whole report), {stem}.csv (its rows), {stem}.md (the table) in `out`; returns their paths."""
-    from cirn.train.io import json_ready
+    from cirn.common.files import json_ready
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}.csv", "md": out / f"{stem}.md"}
@@ -568,7 +568,7 @@ if __name__ == "__main__":
 
 def run_script(main):
     """Run a benchmark script's main(): user errors as one line, Ctrl-C as exit code 130."""
-    from cirn.train.errors import CirnError
+    from cirn.common.errors import CirnError
     try:
         main()
     except CirnError as err:

@@ -47,7 +47,7 @@ def main(argv=None):
     from cirn.export import find_latest_checkpoint
     from cirn.export.frames import cityscapes_frames
     from cirn.runtime.backends import available_cores
-    from cirn.train.errors import CirnError
+    from cirn.common.errors import CirnError
     from cirn.train.models import MODEL_NAMES
     args = parse_args(argv)
     size = common.parse_size(args.height, args.width)

@@ -11,7 +11,7 @@ def user_errors(fn):
     """Turn CirnError (a user mistake) into `error: message` and exit code 2, without a traceback."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from cirn.train.errors import CirnError
+        from cirn.common.errors import CirnError
         try:
             return fn(*args, **kwargs)
         except CirnError as err:

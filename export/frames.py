@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cirn.train.datasets import CityscapesDataset, IMAGE_SUFFIXES
-from cirn.train.errors import CirnError
-from cirn.train.io import read_image
+from cirn.common.files import IMAGE_SUFFIXES
+from cirn.train.datasets import CityscapesDataset
+from cirn.common.errors import CirnError
+from cirn.common.files import read_image
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from cirn.train.datasets import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 from cirn.train.models import upsample
 
 OUTPUTS = ("labels", "probs", "logits")

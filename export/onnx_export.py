@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 
 EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_EXPORTER = "dynamo"

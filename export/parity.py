@@ -20,7 +20,7 @@ import onnx
 import torch
 import torch.nn.functional as F
 
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 from cirn.train.evaluate import ConfusionMatrix, save_json
 
 from .frames import to_frame

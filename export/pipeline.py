@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from cirn import __version__
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 
 from .frames import calibration_frames, cityscapes_frames
 from .graph import OUTPUTS, DeployModel

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 
 from .onnx_export import INPUT_NAME
 

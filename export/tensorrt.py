@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 
 from .onnx_export import INPUT_NAME
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 DEVICES = ("cpu", "cuda")

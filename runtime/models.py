@@ -1,7 +1,7 @@
 """Which model `cirn-run` uses when none is given: the newest export under ./runs, else the newest checkpoint."""
 from pathlib import Path
 
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 
 
 def find_default_model(runs_dir="runs"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 
 LEGEND_MIN_SHARE = 0.005  # classes under 0.5 % of a frame stay out of its legend
 _UMASK = os.umask(0)

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cirn.train.errors import CirnError
-from cirn.train.io import json_ready
+from cirn.common.errors import CirnError
+from cirn.common.files import json_ready
 
 from .backends import available_cores, to_labels
 from .outputs import Outputs, resize_frame, write_atomically

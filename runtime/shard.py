@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 
 from .sources import list_images
 
@@ -70,7 +70,7 @@ def _kind(source):
         raise CirnError(f"source {path} does not exist")
     if path.is_dir():
         return "folder"
-    from cirn.train.datasets import IMAGE_SUFFIXES
+    from cirn.common.files import IMAGE_SUFFIXES
     return "image" if path.suffix.lower() in IMAGE_SUFFIXES else "video"
 
 

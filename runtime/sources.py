@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cirn.train.datasets import CITYSCAPES_IMAGE_SUFFIX, IMAGE_SUFFIXES
-from cirn.train.errors import CirnError
+from cirn.common.files import CITYSCAPES_IMAGE_SUFFIX, IMAGE_SUFFIXES
+from cirn.common.errors import CirnError
 
 SEQUENCE = 0  # the Cityscapes sequence number in a video's frame names (toy.CLIP_SEQUENCE)
 BAD_FRAME_POLICIES = ("stop", "skip", "fail")
@@ -86,7 +86,7 @@ def _name_of(path, root=None):
 
 def _read_rgb(path):
     """(H, W, 3) uint8 RGB of an image file, a CirnError naming it otherwise."""
-    from cirn.train.io import read_image
+    from cirn.common.files import read_image
     return np.ascontiguousarray(read_image(path))
 
 

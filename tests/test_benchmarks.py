@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 STATUSES = {"ok", "unavailable", "failed", "skipped"}

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cirn.train.engine import load_checkpoint, load_resume_state, save_checkpoint
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 
 Payload = collections.namedtuple("Payload", "a b")  # any non-tensor class makes torch.save pickle code references
 

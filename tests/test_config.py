@@ -1,7 +1,7 @@
 import pytest
 
 from cirn.train.config import Config, load_config, merge, parse_overrides, preset_names, save_config, read_yaml
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 
 
 def test_defaults_and_presets():

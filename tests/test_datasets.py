@@ -13,7 +13,7 @@ from cirn.train.config import DataConfig
 from cirn.train.datasets import (CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD, CityscapesDataset, GTA5Dataset,
                                  SynthiaDataset, build_source_dataset, build_target_dataset, build_train_dataset,
                                  build_val_dataset, denormalize, infinite_loader, normalize)
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 
 H, W = 16, 32
 # Cityscapes labelIds of the 19 classes in trainId order, plus ignored ones (0 unlabeled, 9 parking, 29 caravan).

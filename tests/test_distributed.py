@@ -67,7 +67,7 @@ def test_two_processes_follow_the_single_process_loss_curve(toy_args, tmp_path, 
 def test_a_global_batch_that_does_not_split_is_an_error(monkeypatch):
     from cirn.train import distributed
     from cirn.train.datasets import InfiniteLoader
-    from cirn.train.errors import CirnError
+    from cirn.common.errors import CirnError
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     with pytest.raises(CirnError, match="does not split over 2 processes"):
         InfiniteLoader([0, 1, 2], batch_size=3)

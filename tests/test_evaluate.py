@@ -13,7 +13,7 @@ from PIL import Image
 from cirn.cli import eval_main
 from cirn.train import labels
 from cirn.train.datasets import CityscapesDataset
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 from cirn.train.evaluate import ConfusionMatrix, evaluate_folder, evaluate_model, format_table, save_json
 
 H, W = 16, 32

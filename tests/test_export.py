@@ -17,7 +17,7 @@ from cirn.export.precision import quantize_int8
 from cirn.export.tensorrt import (engine_onnx, ort_tensorrt_onnx, ort_tensorrt_providers, profile_shapes,
                                   shape_string, trt_generation)
 from cirn.train.datasets import normalize
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 from cirn.train.labels import CLASS_NAMES, PALETTE
 from cirn.train.models import create_model, upsample
 

@@ -14,7 +14,7 @@ from cirn.cli import run_main
 from cirn.runtime import run
 from cirn.runtime.shard import outputs, parse_shard, plan
 from cirn.runtime.sources import BadFrame
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 from cirn.train.io import write_png
 
 

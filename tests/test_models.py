@@ -7,7 +7,7 @@ import torchvision
 from torch import nn
 
 from cirn.train.config import ModelConfig
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 from cirn.train.models import (FusedSegNet, SegNet, TinyBackbone, build_discriminator, build_model, create_model,
                                describe, feature_size, load_pretrained, summarize)
 

@@ -18,7 +18,7 @@ from cirn.runtime.outputs import overlay, resize_labels
 from cirn.runtime.pipeline import inference_size, parse_size
 from cirn.train import toy
 from cirn.train.engine import load_model
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 from cirn.train.labels import CLASS_NAMES, LABELID_TO_TRAINID, PALETTE
 
 PARITY_FLOOR = 99.9  # % of labels equal to PyTorch FP32: export's floor for FP32 graphs (export.parity)

@@ -12,7 +12,7 @@ from cirn.cli import train_main
 from cirn.train import engine, stage1
 from cirn.train.config import ModelConfig, load_config
 from cirn.train.datasets import GTA5Dataset, normalize
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 from cirn.train.fda import band_half_width, fda_transfer, swap_low_amplitude, translate_fda
 from cirn.train.io import read_image, write_png
 from cirn.train.models import build_model

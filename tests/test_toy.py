@@ -10,7 +10,7 @@ from PIL import Image
 
 from cirn.cli import data_main
 from cirn.train import toy
-from cirn.train.errors import CirnError
+from cirn.common.errors import CirnError
 from cirn.train.io import read_image, read_label
 from cirn.train.labels import (CITYSCAPES_LABEL_IDS, LABELID_TO_TRAINID, SYNTHIA_ID_TO_TRAINID, SYNTHIA_TO_TRAINID,
                                colorize)

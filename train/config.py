@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import CirnError
+from cirn.common.errors import CirnError
 from .io import atomic_write_text
 
 PRESET_DIR = Path(__file__).parent / "presets"

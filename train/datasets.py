@@ -18,7 +18,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed, labels
-from .errors import CirnError
+from cirn.common.errors import CirnError
+from cirn.common.files import CITYSCAPES_IMAGE_SUFFIX, IMAGE_SUFFIXES
+
 from .io import read_image, read_label
 
 # ---------------------------------------------------------------- normalisation
@@ -180,7 +182,6 @@ class SegmentationDataset(Dataset, abc.ABC):
 CITYSCAPES_SPLITS = ("train", "val", "test")
 CITYSCAPES_LAYOUT = ("the Cityscapes layout leftImg8bit/{split}/{city}/{name}_leftImg8bit.png and "
                      "gtFine/{split}/{city}/{name}_gtFine_labelIds.png")
-CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit.png"
 CITYSCAPES_LABEL_SUFFIX = "_gtFine_labelIds.png"
 
 
@@ -245,7 +246,6 @@ class CityscapesDataset(SegmentationDataset):
 
 
 # ---------------------------------------------------------------- GTA5 and SYNTHIA (source, intermediate)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # translated (intermediate) images may be JPEG; labels are always PNG
 
 
 class _FlatSourceDataset(SegmentationDataset):

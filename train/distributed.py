@@ -27,7 +27,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .errors import CirnError
+from cirn.common.errors import CirnError
 
 BUCKET_BYTES = 32 * 2**20  # gradients are all-reduced in flat buckets of about this size
 TIMEOUT = timedelta(hours=2)  # process 0 may evaluate or write pseudo labels for a long while between steps

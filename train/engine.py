@@ -17,7 +17,7 @@ import torch
 
 from . import distributed
 from .config import from_dict, save_config, to_dict
-from .errors import CirnError
+from cirn.common.errors import CirnError
 from .io import atomic_path, atomic_write_text, write_error
 
 CHECKPOINT_FORMAT = "cirn-checkpoint"

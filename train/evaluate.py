@@ -22,7 +22,7 @@ from PIL import Image
 
 from . import labels
 from .datasets import CITYSCAPES_IMAGE_SUFFIX, CITYSCAPES_LABEL_SUFFIX, cityscapes_label_files
-from .errors import CirnError
+from cirn.common.errors import CirnError
 from .io import atomic_write_text, json_ready, read_label
 
 IGNORE = labels.IGNORE_INDEX

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .datasets import build_source_dataset, build_target_dataset, denormalize
-from .errors import CirnError
+from cirn.common.errors import CirnError
 from .io import read_image
 
 

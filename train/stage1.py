@@ -28,7 +28,7 @@ from .datasets import (CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD, build_source
 from .distributed import average_gradients
 from .engine import (autocast, grad_scaler, load_model, prepare_run_dir, resolve_device, seed_everything, set_lr,
                      train_loop)
-from .errors import CirnError
+from cirn.common.errors import CirnError
 from .io import atomic_write_bytes, atomic_write_text, write_png
 from .losses import seg_loss
 from .models.cyclegan import ImagePool, build_cyclegan

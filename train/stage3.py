@@ -20,7 +20,7 @@ from . import labels as L
 from . import distributed, supervised
 from .datasets import build_target_dataset
 from .engine import has_checkpoint, load_model, resolve_device, write_summary
-from .errors import CirnError
+from cirn.common.errors import CirnError
 from .io import atomic_write_text, write_png
 from .models import upsample
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .errors import CirnError
+from cirn.common.errors import CirnError
 from .io import atomic_write_bytes, atomic_write_text, write_png
 from .labels import CITYSCAPES_LABEL_IDS, IGNORE_INDEX, PALETTE, TRAINID_TO_LABELID, TRAINID_TO_SYNTHIA, colorize
 

@@ -1,7 +1,7 @@
 """Model factories: names and config -> modules."""
 import logging
 
-from ..errors import CirnError
+from cirn.common.errors import CirnError
 from .deeplab import DeepLabResNet
 from .discriminator import FCDiscriminator
 from .heads import DEEPLAB_DILATIONS

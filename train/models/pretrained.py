@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from ..errors import CirnError
+from cirn.common.errors import CirnError
 from .segnet import NORMALIZATIONS
 
 # Top-level names of classification heads in the files we read: torchvision ResNet (fc), torchvision MobileNet
