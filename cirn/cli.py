@@ -309,9 +309,9 @@ def export_main(checkpoint, out, fp16, int8, calib, calib_images, dynamic, heigh
 @click.option("--speed", type=float, default=6.0, show_default=True, help="Metres per second.")
 @user_errors
 def data_toy_video(out, frames, fps, seed, size, speed):
-    from cirn.runtime.pipeline import parse_size
+    from cirn.common.sizes import parse_size_wh
     from cirn.train import toy
-    height, width = parse_size(size)
+    width, height = parse_size_wh(size, "--size")
     result = toy.render_video(out, frames=frames, fps=fps, seed=seed, size=(width, height), speed=speed)
     click.echo(f"{result['frames']} frames ({width}x{height}, {result['fps']:g} fps, {result['metres']:.0f} m) -> "
                f"{result['video']}\nground truth: {result['root']}/gtFine/val (score with cirn-eval --target-root "

@@ -8,7 +8,6 @@ Its cost is export time (~5-10 s for the tiny model on 2 cores vs ~0.2 s). Both 
 match PyTorch to ~4e-6 in the logits at any size; exporter='torchscript' (opset 17) stays as the fallback for a
 model the dynamo exporter cannot trace.
 """
-import json
 import warnings
 from pathlib import Path
 
@@ -16,14 +15,13 @@ import onnx
 import torch
 
 from cirn.common.errors import CirnError
+from cirn.common.metadata import INPUT_NAME, decode_props, encode_props, read_sidecar
 
 EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_EXPORTER = "dynamo"
 OPSETS = {"dynamo": 18, "torchscript": 17}  # 18: the dynamo exporter's floor, parsed by TensorRT 10 and 11
-INPUT_NAME = "frames"
 INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
 DYNAMIC_DIMS = {0: "batch", 2: "height", 3: "width"}
-METADATA_VERSION = 1
 
 
 def export_onnx(deploy_model, path, height, width, dynamic=False, exporter=DEFAULT_EXPORTER, input_dtype="uint8"):
@@ -110,7 +108,7 @@ def simplify_onnx(path, log=None):
     return True
 
 
-# ---------------------------------------------------------------- metadata
+# ---------------------------------------------------------------- metadata (schema: cirn.common.metadata)
 def write_metadata(path, metadata):
     """Store `metadata` (a dict of JSON-serialisable values) in the model's metadata_props, one JSON string per key.
 
@@ -118,7 +116,7 @@ def write_metadata(path, metadata):
     """
     model = onnx.load(str(path))
     props = {p.key: p.value for p in model.metadata_props}
-    props.update({key: json.dumps(value) for key, value in metadata.items()})
+    props.update(encode_props(metadata))
     del model.metadata_props[:]
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
@@ -126,30 +124,15 @@ def write_metadata(path, metadata):
 
 
 def read_metadata(path):
-    """The metadata dict of an exported model: an .onnx file's metadata_props, or the JSON beside an engine.
-
-    Keys (see export.pipeline.model_metadata): class_names, palette, num_classes, normalization, input
-    (name, dtype, layout, channels, value range), input_size [H, W], dynamic, output, output_name, precision,
-    source_checkpoint, config_digest, cirn_version, exporter, opset; engines add `tensorrt`.
-    """
+    """The metadata dict of an exported model: an .onnx file's metadata_props, or the JSON beside an engine
+    (keys: cirn.common.metadata)."""
     path = Path(path)
     if not path.is_file():
         raise CirnError(f"model {path} does not exist")
     if path.suffix != ".onnx":
-        sidecar = path.with_name(path.name + ".json")
-        if not sidecar.is_file():
-            raise CirnError(f"{path} is not an .onnx file and has no metadata file {sidecar} beside it")
-        return json.loads(sidecar.read_text())
+        return read_sidecar(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:
         raise CirnError(f"cannot read ONNX model {path}: {err}") from None
-    metadata = {}
-    for prop in model.metadata_props:
-        try:
-            metadata[prop.key] = json.loads(prop.value)
-        except json.JSONDecodeError:
-            metadata[prop.key] = prop.value  # a key some other tool wrote as plain text
-    if "cirn_version" not in metadata:
-        raise CirnError(f"{path} carries no cirn metadata: was it exported by cirn-export?")
-    return metadata
+    return decode_props({prop.key: prop.value for prop in model.metadata_props}, str(path))

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from cirn.common.errors import CirnError
+from cirn.runtime.ort import OrtSession
+from cirn.runtime.tensorrt import EngineRunner
 from cirn.train.evaluate import ConfusionMatrix, save_json
 
 from .frames import to_frame
@@ -56,43 +58,36 @@ def with_logits_output(model):
     return tapped
 
 
-def ort_session(model, threads=0):
-    """ONNX Runtime CPU session of a path or ModelProto; errors only on the console."""
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    try:
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    except Exception as err:
-        raise CirnError(f"ONNX Runtime cannot load the exported model: {err}") from None
-
-
 class OnnxRunner:
-    """An exported .onnx in ONNX Runtime (CPU): `run(frames)` -> (output, logits or None), `time(frame)` -> ms."""
+    """An exported .onnx through the runtime's ONNX Runtime session (CPU): `run(frames)` -> (output, logits),
+    `time(frame)` -> ms. The session runs a copy of the graph that also outputs the upsampled logits."""
 
     def __init__(self, path):
         self.path = path
-        model = onnx.load(str(path))
-        self.input_name = model.graph.input[0].name
-        self.input_dtype = onnx.helper.tensor_dtype_to_np_dtype(model.graph.input[0].type.tensor_type.elem_type)
-        tapped = with_logits_output(model)
-        self.session = ort_session(model)
-        self.tapped = ort_session(tapped) if tapped is not None else None
+        tapped = with_logits_output(onnx.load(str(path)))
+        self.session = OrtSession(tapped.SerializeToString() if tapped is not None else path, "cpu", name=str(path))
 
     def run(self, frames):
-        frames = frames.astype(self.input_dtype, copy=False)
-        if self.tapped is None:
-            output = self.session.run(None, {self.input_name: frames})[0]
-            return output, output  # the output is the logits
-        output, logits = self.tapped.run(None, {self.input_name: frames})
-        return output, logits
+        outputs = self.session.run(frames)
+        return outputs[0], outputs[-1]  # without a tap the output is the logits
 
     def time(self, frame, min_runs=5, min_seconds=0.5):
         """Median wall time (ms) of one call on `frame` (1, 3, H, W), after two warm-up calls."""
-        feed = {self.input_name: frame.astype(self.input_dtype, copy=False)}
-        return median_latency(lambda: self.session.run(None, feed), min_runs, min_seconds)
+        return median_latency(lambda: self.session.run(frame), min_runs, min_seconds)
+
+
+class EngineParityRunner:
+    """A TensorRT engine through the runtime's EngineRunner: `run(frames)` -> (output, logits or None)."""
+
+    def __init__(self, engine_path, output_kind):
+        self.runner, self.output_kind = EngineRunner(engine_path), output_kind
+
+    def run(self, frames):
+        output = self.runner.run(frames)
+        return output, (output if self.output_kind == "logits" else None)
+
+    def time(self, frame, min_runs=20, min_seconds=0.5):
+        return median_latency(lambda: self.runner.run(frame), min_runs, min_seconds)
 
 
 def median_latency(call, min_runs=5, min_seconds=0.5):

@@ -11,12 +11,13 @@ from pathlib import Path
 
 from cirn import __version__
 from cirn.common.errors import CirnError
+from cirn.common.metadata import INPUT_NAME, METADATA_VERSION
 
 from .frames import calibration_frames, cityscapes_frames
 from .graph import OUTPUTS, DeployModel
-from .onnx_export import (DEFAULT_EXPORTER, INPUT_NAME, OPSETS, check_onnx, export_onnx, read_metadata,
+from .onnx_export import (DEFAULT_EXPORTER, OPSETS, check_onnx, export_onnx, read_metadata,
                           simplify_onnx, write_metadata)
-from .parity import OnnxRunner, check_parity, format_parity, require_parity, save_report
+from .parity import EngineParityRunner, OnnxRunner, check_parity, format_parity, require_parity, save_report
 from .precision import convert_fp16, quantization_metadata, quantize_int8
 
 FORMATS = ("onnx", "tensorrt", "all")
@@ -46,7 +47,7 @@ def model_metadata(model, state, checkpoint, output, height, width, dynamic, inp
     num_classes = model.num_classes
     palette = PALETTE.tolist()[:num_classes] if num_classes <= len(PALETTE) else None
     return {
-        "format_version": 1,
+        "format_version": METADATA_VERSION,
         "cirn_version": __version__,
         "model": state["model_meta"]["name"],
         "num_classes": num_classes,
@@ -55,7 +56,7 @@ def model_metadata(model, state, checkpoint, output, height, width, dynamic, inp
         "normalization": model.normalization,
         "input": {"name": INPUT_NAME, "dtype": input_dtype, "layout": "NCHW", "channels": "RGB",
                   "range": [0, 255]},
-        "input_size": [height, width],
+        "input_size_hw": [height, width],
         "output_stride": model.output_stride,
         "dynamic": dynamic,
         "output": output,
@@ -106,8 +107,8 @@ def export_checkpoint(checkpoint=None, out=None, *, height=None, width=None, out
         raise CirnError("--parity-images and --calib-images must be at least 1")
     trt = None
     if fmt in ("tensorrt", "all"):
-        from .tensorrt import require_tensorrt
-        trt = require_tensorrt()  # before any work: a missing library or GPU writes nothing
+        from .tensorrt import require_tensorrt_for_export
+        trt = require_tensorrt_for_export()  # before any work: a missing library or GPU writes nothing
 
     from cirn.train.engine import load_model
     checkpoint = Path(checkpoint) if checkpoint else find_latest_checkpoint(runs_dir)
@@ -206,8 +207,8 @@ def export_checkpoint(checkpoint=None, out=None, *, height=None, width=None, out
 def _export_engines(trt, deploy, onnx_files, precisions, tmp, out, frames, calib_frames, sizes, protocol, floors,
                     batch, dynamic, max_batch, height, width, log):
     """Build one engine per precision into tmp, check them like the ONNX files; returns (report, file names)."""
-    from .tensorrt import (ENGINE_NAMES, TIMING_CACHE_NAME, TensorRTRunner, build_engine, engine_onnx,
-                           profile_shapes, trt_generation, write_engine_metadata)
+    from .tensorrt import (ENGINE_NAMES, TIMING_CACHE_NAME, build_engine, engine_onnx, profile_shapes, trt_generation,
+                           write_engine_metadata)
     generation = trt_generation(trt.__version__)
     profile = profile_shapes(height, width, dynamic, max_batch=max_batch, multiple=deploy.segnet.output_stride)
     timing_cache = tmp / TIMING_CACHE_NAME
@@ -223,7 +224,7 @@ def _export_engines(trt, deploy, onnx_files, precisions, tmp, out, frames, calib
         sidecar = write_engine_metadata(engine, metadata, info)
         files += [engine.name, sidecar.name] + ([info["calibration_cache"]] if info["calibration_cache"] else [])
         variants.append({"name": f"trt-{precision}", "precision": precision, "file": engine.name,
-                         "runner": TensorRTRunner(engine, deploy.output)})
+                         "runner": EngineParityRunner(engine, deploy.output)})
     return check_parity(deploy, variants, frames, sizes, protocol, floors, batch), files
 
 

@@ -20,23 +20,23 @@ os.umask(_UMASK)
 
 
 # ---------------------------------------------------------------- drawing
-def resize_frame(image, size):
-    """(H0, W0, 3) -> (H, W, 3) for size=(H, W): area averaging when shrinking (antialiased, like the datasets'
+def resize_frame(image, size_hw):
+    """(H0, W0, 3) -> (H, W, 3) for size_hw=(H, W): area averaging when shrinking (antialiased, like the datasets'
     PIL bicubic), bilinear otherwise; the same array when the size already matches."""
     import cv2
-    height, width = size
+    height, width = size_hw
     if image.shape[:2] == (height, width):
         return image
     shrink = height <= image.shape[0] and width <= image.shape[1]
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
-def resize_labels(labels, size):
-    """(h, w) label map -> (H, W) for size=(H, W), nearest neighbour at pixel centres."""
+def resize_labels(labels, size_hw):
+    """(h, w) label map -> (H, W) for size_hw=(H, W), nearest neighbour at pixel centres."""
     import cv2
-    if labels.shape == tuple(size):
+    if labels.shape == tuple(size_hw):
         return labels
-    return cv2.resize(labels, (size[1], size[0]), interpolation=cv2.INTER_NEAREST_EXACT)
+    return cv2.resize(labels, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 def class_counts(labels, num_classes):
@@ -176,20 +176,20 @@ class VideoOutput:
 
     def __init__(self, path, fps):
         self.path, self.fps = Path(path), float(fps)
-        self.tmp, self.writer, self.size, self.frames = None, None, None, 0
+        self.tmp, self.writer, self.size_wh, self.frames = None, None, None, 0
 
     def write(self, rgb):
         """Append one (H, W, 3) uint8 RGB frame."""
         import cv2
         if self.writer is None:
-            self.size = (rgb.shape[1], rgb.shape[0])
+            self.size_wh = (rgb.shape[1], rgb.shape[0])
             self.tmp = _temp_beside(self.path)
-            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*self.FOURCC), self.fps, self.size)
+            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*self.FOURCC), self.fps, self.size_wh)
             if not self.writer.isOpened():
                 self.tmp.unlink(missing_ok=True)
                 raise CirnError(f"OpenCV cannot write an MPEG-4 video to {self.path}")
-        if (rgb.shape[1], rgb.shape[0]) != self.size:
-            rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
+        if (rgb.shape[1], rgb.shape[0]) != self.size_wh:
+            rgb = cv2.resize(rgb, self.size_wh, interpolation=cv2.INTER_AREA)
         self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         self.frames += 1
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from cirn.common.errors import CirnError
 from cirn.common.files import json_ready
+from cirn.common.sizes import parse_size_wh
 
 from .backends import available_cores, to_labels
 from .outputs import Outputs, resize_frame, write_atomically
@@ -83,28 +84,16 @@ def _get(q, failed):
                 raise failed[0] from None
 
 
-def parse_size(text):
-    """'WxH' -> (H, W) (None passes through)."""
-    if text is None or isinstance(text, tuple):
-        return text
-    try:
-        width, height = (int(v) for v in str(text).lower().split("x"))
-    except ValueError:
-        raise CirnError(f"a size is WIDTHxHEIGHT, e.g. 512x256, not {text!r}") from None
-    if width < 8 or height < 8:
-        raise CirnError(f"the size must be at least 8x8 pixels, got {text}")
-    return height, width
-
-
-def inference_size(metadata, imgsz=None):
-    """(H, W) the frames are resized to: the model's own size, or `imgsz` (H, W) for a dynamic model."""
+def inference_size_hw(metadata, imgsz=None):
+    """(H, W) the frames are resized to: the model's own size, or `imgsz` ('WIDTHxHEIGHT') for a dynamic model."""
     if imgsz is None:
-        return tuple(metadata.input_size)
-    if not metadata.dynamic and tuple(imgsz) != tuple(metadata.input_size):
-        height, width = metadata.input_size
-        raise CirnError(f"--imgsz {imgsz[1]}x{imgsz[0]}: the model is a static export that takes {width}x{height} "
-                        "frames only; drop --imgsz, or re-export with --dynamic")
-    return tuple(imgsz)
+        return tuple(metadata.input_size_hw)
+    width, height = parse_size_wh(imgsz)
+    if not metadata.dynamic and (height, width) != tuple(metadata.input_size_hw):
+        model_height, model_width = metadata.input_size_hw
+        raise CirnError(f"--imgsz {width}x{height}: the model is a static export that takes "
+                        f"{model_width}x{model_height} frames only; drop --imgsz, or re-export with --dynamic")
+    return height, width
 
 
 def percentiles(values_ms):
@@ -124,9 +113,9 @@ def _rate(frames, seconds):
 class _Decoder(threading.Thread):
     """Reads the source and resizes each frame to the model's size; ends with an _End through the queue."""
 
-    def __init__(self, source, size, out_q, stop):
+    def __init__(self, source, size_hw, out_q, stop):
         super().__init__(name="cirn-decode", daemon=True)
-        self.source, self.size, self.out_q, self.stop = source, size, out_q, stop
+        self.source, self.size_hw, self.out_q, self.stop = source, size_hw, out_q, stop
         self.busy_s, self.cpu_s, self.frames = 0.0, 0.0, 0
 
     def run(self):
@@ -139,7 +128,7 @@ class _Decoder(threading.Thread):
                 frame = next(frames, None)
                 if frame is None:
                     break
-                model_input = resize_frame(frame.image, self.size)
+                model_input = resize_frame(frame.image, self.size_hw)
                 self.busy_s += time.perf_counter() - start
                 self.frames += 1
                 if not _put(self.out_q, (frame, model_input), self.stop):
@@ -195,17 +184,17 @@ def _progress(total, quiet):
                 smoothing=0.1, mininterval=0.5)
 
 
-def benchmark_inference(backend, source, size, stride=1, batch=1, max_bytes=BENCHMARK_MEMORY, files=None):
+def benchmark_inference(backend, source, size_hw, stride=1, batch=1, max_bytes=BENCHMARK_MEMORY, files=None):
     """The backend alone on the frames of `source` (decoded and resized into memory first, as much as max_bytes
     holds): {'frames', 'seconds', 'fps', 'latency_ms'} of one pass in batches of `batch`."""
     src = open_source(source, stride, "skip", files)
     try:
         if src.kind == "camera":
             raise CirnError("--benchmark needs a file source: a camera cannot be replayed")
-        limit = max(batch, max_bytes // (size[0] * size[1] * 3))
+        limit = max(batch, max_bytes // (size_hw[0] * size_hw[1] * 3))
         frames = []
         for frame in src:
-            frames.append(resize_frame(frame.image, size))
+            frames.append(resize_frame(frame.image, size_hw))
             if len(frames) >= limit:
                 break
     finally:
@@ -228,7 +217,7 @@ def run(source, backend, out=None, labels_dir=None, npz=None, summary=None, batc
 
     source: a video file, an image, a folder of images, or a camera index (int). out: overlay MP4 (None: none).
     labels_dir: per-frame trainId PNGs named like the frames (Cityscapes names for videos). npz: the label maps in
-    one .npz. batch: frames per backend call. imgsz: (H, W) for a dynamic model (default: the model's size).
+    one .npz. batch: frames per backend call. imgsz: 'WIDTHxHEIGHT' for a dynamic model (default: the model's size).
     alpha: overlay opacity. side_by_side: the input left of the overlay. benchmark: time the backend alone on the
     same frames first (summary['benchmark']). quiet: no progress bar. log: a callable for warnings (default:
     stderr). bad_frames: stop | skip | fail on an undecodable frame (sources.py). files: only these images of a
@@ -238,8 +227,8 @@ def run(source, backend, out=None, labels_dir=None, npz=None, summary=None, batc
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     if batch < 1:
         raise CirnError(f"--batch must be at least 1, got {batch}")
-    size = inference_size(backend.metadata, parse_size(imgsz))
-    backend.check_size(size)
+    size_hw = inference_size_hw(backend.metadata, imgsz)
+    backend.check_size(size_hw)
     for path in (out, npz, summary):
         if path is not None and isinstance(source, (str, Path)) and Path(path).resolve() == Path(source).resolve():
             raise CirnError(f"an output ({path}) would overwrite the source")
@@ -247,17 +236,17 @@ def run(source, backend, out=None, labels_dir=None, npz=None, summary=None, batc
         raise CirnError(f"--alpha must be between 0 and 1, got {alpha}")
     src = open_source(source, stride, bad_frames, files)  # a missing file, not a video, no frames: before any output
     try:
-        warmup_s = backend.warmup(size, batch)
-        bench = benchmark_inference(backend, source, size, stride, batch, files=files) if benchmark else None
+        warmup_s = backend.warmup(size_hw, batch)
+        bench = benchmark_inference(backend, source, size_hw, stride, batch, files=files) if benchmark else None
         fps_in = src.fps if src.kind in ("video", "camera") and src.fps else IMAGE_FPS
         outputs = Outputs(backend.metadata, video=out, fps=fps_in / stride, labels_dir=labels_dir, npz=npz,
                           alpha=alpha, side_by_side=side_by_side, bin_frames=max(1, round(fps_in)))
-        result = _run_threads(src, backend, outputs, size, batch, quiet)
+        result = _run_threads(src, backend, outputs, size_hw, batch, quiet)
     finally:
         src.close()
 
     stopped = result["stopped"]
-    info = _summary(source, src, backend, size, batch, stride, result, bench, warmup_s)
+    info = _summary(source, src, backend, size_hw, batch, stride, result, bench, warmup_s)
     if summary:
         write_atomically(summary, (json.dumps(json_ready(info), indent=2) + "\n").encode())
         info["summary"] = str(summary)
@@ -271,13 +260,13 @@ def run(source, backend, out=None, labels_dir=None, npz=None, summary=None, batc
     return info
 
 
-def _run_threads(src, backend, outputs, size, batch, quiet):
+def _run_threads(src, backend, outputs, size_hw, batch, quiet):
     """The three stages over `src`; returns the counts and timings. Finalises or discards the outputs."""
     stop_decode, stop_post = threading.Event(), threading.Event()
     frames_q = queue.Queue(maxsize=QUEUE_BATCHES * batch)
     results_q = queue.Queue(maxsize=QUEUE_BATCHES)
     progress = _progress(src.count, quiet)
-    decoder = _Decoder(src, size, frames_q, stop_decode)
+    decoder = _Decoder(src, size_hw, frames_q, stop_decode)
     post = _PostProcessor(results_q, outputs, progress, stop_post)
     latencies, infer_s, wait_s, frames_done, end, stopped = [], 0.0, 0.0, 0, None, None
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -340,7 +329,7 @@ def _run_threads(src, backend, outputs, size, batch, quiet):
             "stopped": stopped or ("decode error" if decode_error else None), "decode_error": decode_error}
 
 
-def _summary(source, src, backend, size, batch, stride, result, bench, warmup_s):
+def _summary(source, src, backend, size_hw, batch, stride, result, bench, warmup_s):
     """The JSON-ready summary of a run."""
     frames = result["frames"]
     end_to_end = _rate(frames, result["wall_s"])
@@ -349,10 +338,10 @@ def _summary(source, src, backend, size, batch, stride, result, bench, warmup_s)
     per_frame = [ms / n for ms, n in result["latencies_ms"]]
     info = {
         "source": str(source), "source_kind": src.kind, "source_fps": src.fps,
-        "frame_size": [src.size[1], src.size[0]] if src.size else None,
+        "frame_size_hw": [src.size_wh[1], src.size_wh[0]] if src.size_wh else None,
         "model": backend.path, "checkpoint": backend.metadata.raw.get("source_checkpoint"),
         "backend": backend.name, "device": backend.device,
-        "backend_detail": backend.describe(), "input_size": list(size), "batch": batch, "stride": stride,
+        "backend_detail": backend.describe(), "input_size_hw": list(size_hw), "batch": batch, "stride": stride,
         "frames": {"processed": frames, "decoded": result["decoded"], "expected": src.count,
                    "skipped": len(src.skipped), "skipped_names": src.skipped},
         "complete": result["stopped"] is None,
@@ -392,7 +381,7 @@ def format_summary(info):
     def fps(value):
         return "n/a" if value is None else f"{value:.1f}"
     lines = [f"{info['frames']['processed']} frames ({info['source_kind']} {info['source']}) with "
-             f"{info['backend_detail']}, input {info['input_size'][1]}x{info['input_size'][0]}, batch "
+             f"{info['backend_detail']}, input {info['input_size_hw'][1]}x{info['input_size_hw'][0]}, batch "
              f"{info['batch']}, stride {info['stride']}",
              f"FPS end to end {fps(t['fps']['end_to_end'])} | decode {fps(t['fps']['decode'])} | inference "
              f"{fps(t['fps']['inference'])} | post {fps(t['fps']['post'])}"]

@@ -44,7 +44,7 @@ class SourceFrame:
 
 class FrameSource(abc.ABC):
     """Iterates SourceFrames of every `stride`-th frame; `kind`, `fps`, `count` (frames it will yield, or None when
-    unknown), `size` (W, H) of the first frame, `decode_error` and `skipped` (names of undecodable frames) after
+    unknown), `size_wh` (W, H) of the first frame, `decode_error` and `skipped` (names of undecodable frames) after
     iterating."""
 
     kind = "source"
@@ -55,7 +55,7 @@ class FrameSource(abc.ABC):
         if bad_frames not in BAD_FRAME_POLICIES:
             raise CirnError(f"--bad-frames must be one of {', '.join(BAD_FRAME_POLICIES)}, got {bad_frames!r}")
         self.description, self.stride, self.bad_frames = description, stride, bad_frames
-        self.fps, self.count, self.size, self.decode_error = None, None, None, None
+        self.fps, self.count, self.size_wh, self.decode_error = None, None, None, None
         self.skipped = []
 
     def _bad(self, name, reason):
@@ -127,7 +127,7 @@ class ImageSource(FrameSource):
                     raise
         if first is None:
             raise CirnError(f"none of the {len(self.files)} images of {path} can be read")
-        self.size = (first.shape[1], first.shape[0])
+        self.size_wh = (first.shape[1], first.shape[0])
 
     def __iter__(self):
         for k, path in enumerate(self.files):
@@ -180,7 +180,7 @@ class VideoSource(FrameSource):
             raise CirnError(f"cannot decode the first of the {total} frames of {spec} (codec {codec!r}): the file "
                             "is damaged or truncated, or this OpenCV build's FFmpeg cannot decode the codec")
         self.first = first
-        self.size = (first.shape[1], first.shape[0])
+        self.size_wh = (first.shape[1], first.shape[0])
 
     def name(self, index):
         """The Cityscapes-style name of frame `index`: {city}_000000_{index:06d}."""

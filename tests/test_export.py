@@ -14,8 +14,9 @@ from cirn.export import DeployModel, export_checkpoint, find_latest_checkpoint, 
 from cirn.export.onnx_export import export_onnx
 from cirn.export.parity import OnnxRunner
 from cirn.export.precision import quantize_int8
-from cirn.export.tensorrt import (engine_onnx, ort_tensorrt_onnx, ort_tensorrt_providers, profile_shapes,
-                                  shape_string, trt_generation)
+from cirn.export.tensorrt import engine_onnx, ort_tensorrt_onnx
+from cirn.runtime.ort import ort_tensorrt_providers
+from cirn.runtime.tensorrt import profile_shapes, shape_string, trt_generation
 from cirn.train.datasets import normalize
 from cirn.common.errors import CirnError
 from cirn.train.labels import CLASS_NAMES, PALETTE
@@ -105,7 +106,7 @@ def test_metadata_round_trip(dynamic_export, checkpoint):
         meta = read_metadata(dynamic_export / name)
         assert meta["precision"] == precision
         assert meta["class_names"] == list(CLASS_NAMES) and meta["palette"] == PALETTE.tolist()
-        assert meta["normalization"] == "imagenet" and meta["input_size"] == [32, 64] and meta["dynamic"]
+        assert meta["normalization"] == "imagenet" and meta["input_size_hw"] == [32, 64] and meta["dynamic"]
         assert meta["input"]["dtype"] == "uint8" and meta["output"] == "labels"
         assert meta["source_checkpoint"] == str(checkpoint.resolve())
         assert meta["config_digest"] == state["config_digest"]
@@ -251,8 +252,10 @@ def test_tensorrt_missing_is_a_clear_error_and_writes_nothing(checkpoint, tmp_pa
 
 
 def test_tensorrt_without_gpu_is_a_clear_error(checkpoint, tmp_path, monkeypatch):
+    import cirn.runtime.tensorrt as runtime_tensorrt
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0"))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime_tensorrt, "import_cudart", lambda: types.SimpleNamespace())  # cuda-python "there"
+    monkeypatch.setattr(runtime_tensorrt, "cuda_device_count", lambda: 0)
     out = tmp_path / "engines"
     result = CliRunner().invoke(export_main, [str(checkpoint), "--out", str(out), "--format", "all"])
     assert result.exit_code == 2 and "no GPU is visible" in result.output

@@ -15,7 +15,7 @@ from cirn.export.frames import cityscapes_frames
 from cirn.runtime import (Backend, Interrupted, ModelMetadata, backend_for, find_default_model, open_backend,
                           open_source, run)
 from cirn.runtime.outputs import overlay, resize_labels
-from cirn.runtime.pipeline import inference_size, parse_size
+from cirn.runtime.pipeline import inference_size_hw
 from cirn.train import toy
 from cirn.train.engine import load_model
 from cirn.common.errors import CirnError
@@ -110,7 +110,7 @@ def test_backends_match_pytorch(toy_data, checkpoint, onnx_dynamic, onnx_static)
         assert agreement(labels, expected) >= PARITY_FLOOR, backend.describe()
         meta = backend.metadata
         assert meta.class_names == CLASS_NAMES and np.array_equal(meta.palette, PALETTE)
-        assert meta.input_size == (32, 64)
+        assert meta.input_size_hw == (32, 64)
     assert open_backend(onnx_static).metadata.max_batch == 1  # a batch of 4 went through in four calls
     # a dynamic model at another size and batch
     frames = val_frames(toy_data, size=(96, 48), count=3)
@@ -141,12 +141,12 @@ def test_backend_choice_and_errors(tmp_path, checkpoint, onnx_dynamic, onnx_stat
         open_backend(onnx_dynamic[0], "tensorrt", "cpu")
     static = open_backend(onnx_static)
     with pytest.raises(CirnError, match="static"):
-        inference_size(static.metadata, parse_size("128x64"))
+        inference_size_hw(static.metadata, "128x64")
     with pytest.raises(CirnError, match="static"):
         static(np.zeros((1, 64, 128, 3), np.uint8))
-    assert inference_size(open_backend(onnx_dynamic[0]).metadata, parse_size("128x64")) == (64, 128)
+    assert inference_size_hw(open_backend(onnx_dynamic[0]).metadata, "128x64") == (64, 128)
     with pytest.raises(CirnError, match="WIDTHxHEIGHT"):
-        parse_size("128")
+        inference_size_hw(static.metadata, "128")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages of a machine without a GPU")
@@ -227,7 +227,7 @@ def test_frames_resized_to_the_model_and_labels_back(tmp_path, checkpoint, onnx_
         cv2.imwrite(str(folder / f"city_000000_{k:06d}_leftImg8bit.png"), frame[..., ::-1])
     info = run(folder, open_backend(onnx_static), labels_dir=tmp_path / "labels", side_by_side=True,
                out=tmp_path / "o.mp4", quiet=True)
-    assert info["input_size"] == [32, 64] and info["frame_size"] == [64, 128]
+    assert info["input_size_hw"] == [32, 64] and info["frame_size_hw"] == [64, 128]
     labels = cv2.imread(str(tmp_path / "labels" / "city_000000_000000.png"), cv2.IMREAD_UNCHANGED)
     assert labels.shape == (64, 128)  # back at the frame's size, named without _leftImg8bit
     video = count_frames(tmp_path / "o.mp4")
@@ -237,7 +237,7 @@ def test_frames_resized_to_the_model_and_labels_back(tmp_path, checkpoint, onnx_
 def test_pipeline_with_the_torch_backend_and_a_chosen_size(tmp_path, clip, checkpoint):
     info = run(clip["video"], open_backend(checkpoint, device="cpu"), imgsz="96x48", batch=2,
                labels_dir=tmp_path / "labels", quiet=True)
-    assert info["backend"] == "torch" and info["input_size"] == [48, 96] and info["frames"]["processed"] == 8
+    assert info["backend"] == "torch" and info["input_size_hw"] == [48, 96] and info["frames"]["processed"] == 8
     labels = cv2.imread(str(tmp_path / "labels" / "drive_000000_000007.png"), cv2.IMREAD_UNCHANGED)
     assert labels.shape == (32, 64)  # the clip's frame size
 
