@@ -7,8 +7,12 @@ import click
 from cirn import __version__
 
 
+TRAINING_STACK = ("torch", "torchvision", "onnx", "onnxscript", "yaml", "matplotlib", "tensorboard")
+
+
 def user_errors(fn):
-    """Turn CirnError (a user mistake) into `error: message` and exit code 2, without a traceback."""
+    """Turn CirnError (a user mistake) into `error: message` and exit code 2, without a traceback; so too a
+    command that needs the training stack on a deploy-only install (`pip install cirn[cpu]`)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from cirn.common.errors import CirnError
@@ -16,6 +20,13 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except CirnError as err:
             click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+        except ModuleNotFoundError as err:
+            if (err.name or "").split(".")[0] not in TRAINING_STACK:
+                raise
+            click.echo(f"error: this needs the training stack ({err.name} is not installed): pip install "
+                       "'cirn[train]'. A deploy-only install runs exported .onnx and .engine models with cirn-run",
+                       err=True)
             sys.exit(2)
     return wrapper
 
