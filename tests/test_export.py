@@ -218,6 +218,45 @@ def test_parity_failure_fails_loudly_and_writes_nothing(checkpoint, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
 
+def _negate_classifiers(path):
+    """The exported graph with its last convolution's weights and bias negated: argmax becomes argmin."""
+    import onnx
+    model = onnx.load(str(path))
+    weights = {init.name: init for init in model.graph.initializer}
+    last_conv = [node for node in model.graph.node if node.op_type == "Conv"][-1]
+    for name in last_conv.input[1:]:
+        if name in weights:
+            array = onnx.numpy_helper.to_array(weights[name])
+            weights[name].CopyFrom(onnx.numpy_helper.from_array(-array, name))
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("fault", ["perturbed weight", "wrong normalization"])
+def test_parity_gate_catches_a_real_divergence(checkpoint, tmp_path, monkeypatch, fault):
+    """Not an impossible floor: a graph that really computes something else fails at the default floors."""
+    import cirn.export.pipeline as pipeline
+    export_for_real = pipeline.export_onnx
+
+    def faulty_export(deploy, path, *args, **kwargs):
+        if fault == "wrong normalization":  # frames go in as 0-255 values, the normalisation forgotten
+            deploy.normalize = lambda frames: frames.float()
+        try:
+            export_for_real(deploy, path, *args, **kwargs)
+        finally:
+            deploy.__dict__.pop("normalize", None)
+        if fault == "perturbed weight":
+            _negate_classifiers(path)
+        return path
+
+    monkeypatch.setattr(pipeline, "export_onnx", faulty_export)
+    out = tmp_path / "deploy"
+    result = CliRunner().invoke(export_main, [str(checkpoint), "--out", str(out), "--exporter", "torchscript",
+                                              "--parity-images", "2"])
+    assert result.exit_code == 2, result.output
+    assert "parity check failed" in result.output and "onnx-fp32" in result.output and "floor 99.9%" in result.output
+    assert not out.exists()
+
+
 def test_no_checkpoint_says_to_train_first(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(export_main, [])
