@@ -16,13 +16,14 @@ def toy_args(toy_data):
     return ["--source-root", str(toy_data / "gta5"), "--target-root", str(toy_data / "cityscapes")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def checkpoint(toy_data, tmp_path_factory):
-    """best.pt of a 2-iteration smoke run, one per test module."""
+    """best.pt of a 2-iteration smoke run, trained once per test session (tests must not change its folder's files;
+    fixtures that export it write their own sub-folders)."""
     return train_smoke_checkpoint(toy_data, tmp_path_factory.mktemp("runs") / "smoke")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def onnx_static(checkpoint):
     """A static 1 x 3 x 32 x 64 export of `checkpoint` (TorchScript exporter: quick)."""
     from cirn.export import export_checkpoint
