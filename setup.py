@@ -2,7 +2,8 @@ from pathlib import Path
 
 from setuptools import setup
 
-ROOTS = {"cirn": "cirn", "cirn.common": "common", "cirn.train": "train", "cirn.export": "export", "cirn.runtime": "runtime"}
+ROOTS = {"cirn": "cirn", "cirn.common": "common", "cirn.train": "train", "cirn.export": "export",
+         "cirn.runtime": "runtime"}
 
 
 def packages():

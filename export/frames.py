@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cirn.common.files import IMAGE_SUFFIXES
-from cirn.train.datasets import CityscapesDataset
 from cirn.common.errors import CirnError
-from cirn.common.files import read_image
+from cirn.common.files import IMAGE_SUFFIXES, read_image
+from cirn.train.datasets import CityscapesDataset
 
 
 @dataclass
@@ -23,10 +22,10 @@ class Frame:
     label: np.ndarray = None  # (h, w) uint8 trainIds at the label's own size (255 ignore), or None
 
 
-def to_frame(image, size):
-    """(H0, W0, 3) uint8 RGB -> (3, H, W) uint8 at size=(width, height), bicubic as the datasets resize."""
-    if (image.shape[1], image.shape[0]) != tuple(size):
-        image = np.asarray(Image.fromarray(image).resize(tuple(size), Image.BICUBIC))
+def to_frame(image, size_wh):
+    """(H0, W0, 3) uint8 RGB -> (3, H, W) uint8 at size_wh=(W, H), bicubic as the datasets resize (PIL's order)."""
+    if (image.shape[1], image.shape[0]) != tuple(size_wh):
+        image = np.asarray(Image.fromarray(image).resize(tuple(size_wh), Image.BICUBIC))
     return np.ascontiguousarray(image.transpose(2, 0, 1))
 
 
@@ -38,18 +37,18 @@ def _spread(items, limit):
     return [items[int(i * step)] for i in range(limit)]
 
 
-def cityscapes_frames(root, split, size, limit, with_labels=True):
-    """Up to `limit` frames of a Cityscapes-layout split at size=(width, height), labels when with_labels."""
+def cityscapes_frames(root, split, size_wh, limit, with_labels=True):
+    """Up to `limit` frames of a Cityscapes-layout split at size_wh=(W, H), labels when with_labels."""
     dataset = CityscapesDataset(root, split=split, with_labels=with_labels, label_size="original")
     frames = []
     for name, image_path, label_path in _spread(dataset.samples, limit):
         label = dataset.read_trainids(label_path) if with_labels else None
-        frames.append(Frame(name, to_frame(read_image(image_path), size), label))
+        frames.append(Frame(name, to_frame(read_image(image_path), size_wh), label))
     return frames
 
 
-def calibration_frames(source, size, limit, default_root=None):
-    """Unlabelled frames for INT8 calibration at size=(width, height).
+def calibration_frames(source, size_wh, limit, default_root=None):
+    """Unlabelled frames for INT8 calibration at size_wh=(W, H).
 
     source: a Cityscapes root (its train split, else val), or any folder of images (searched recursively);
     None: the train split of `default_root` (the target root).
@@ -59,8 +58,8 @@ def calibration_frames(source, size, limit, default_root=None):
         raise CirnError(f"calibration folder {root} does not exist")
     if (root / "leftImg8bit").is_dir():
         split = "train" if (root / "leftImg8bit" / "train").is_dir() else "val"
-        return cityscapes_frames(root, split, size, limit, with_labels=False)
+        return cityscapes_frames(root, split, size_wh, limit, with_labels=False)
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise CirnError(f"no images (png, jpg) under {root} to calibrate INT8 on")
-    return [Frame(p.stem, to_frame(read_image(p), size)) for p in _spread(paths, limit)]
+    return [Frame(p.stem, to_frame(read_image(p), size_wh)) for p in _spread(paths, limit)]

@@ -153,10 +153,11 @@ def build_engine(onnx_path, engine_path, precision, profile, calibration_frames=
             f.write(cache.serialize())
     cudart = import_cudart()
     device = cuda_check(cudart.cudaGetDeviceProperties(0), "cudaGetDeviceProperties").name
+    device = device.split(b"\0")[0].decode() if isinstance(device, bytes) else str(device)
     return {"version": trt.__version__, "generation": generation, "strongly_typed": generation >= 11,
             "precision": precision, "built_from": Path(onnx_path).name,
             "profile": {k: list(v) for k, v in profile.items()},
-            "device": device.split(b"\0")[0].decode() if isinstance(device, bytes) else str(device), "host": platform.node(),
+            "device": device, "host": platform.node(),
             "calibration_cache": calibration_cache.name if calibration_cache else None}
 
 

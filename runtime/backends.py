@@ -82,10 +82,10 @@ class Backend(abc.ABC):
         if not meta.dynamic and size != tuple(meta.input_size_hw):
             raise CirnError(f"the model takes {meta.input_size_hw[1]}x{meta.input_size_hw[0]} frames only (a static "
                             f"export), not {size[1]}x{size[0]}; re-export it with --dynamic to choose the size")
-        if meta.min_size_hw and not all(lo <= s <= hi for lo, s, hi in zip(meta.min_size_hw, size, meta.max_size_hw)):
-            raise CirnError(f"{size[1]}x{size[0]} is outside the engine's profile "
-                            f"({meta.min_size_hw[1]}x{meta.min_size_hw[0]} to {meta.max_size_hw[1]}x{meta.max_size_hw[0]}); "
-                            "rebuild the engine for that size or choose another --imgsz")
+        low, high = meta.min_size_hw, meta.max_size_hw
+        if low and not all(lo <= s <= hi for lo, s, hi in zip(low, size, high)):
+            raise CirnError(f"{size[1]}x{size[0]} is outside the engine's profile ({low[1]}x{low[0]} to "
+                            f"{high[1]}x{high[0]}); rebuild the engine for that size or choose another --imgsz")
 
     def warmup(self, size=None, batch=1, runs=2):
         """Run `runs` batches of black frames at size (H, W) (default: the model's) so that lazy initialisation,

@@ -16,7 +16,6 @@ from .backends import Backend, available_cores
 from .tensorrt import profile_shapes, shape_string
 
 ORT_TYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(float16)": np.float16}
-INPUT_NAME = "frames"  # the exported graph's input (export.onnx_export writes it)
 
 
 def _installed(name):

@@ -206,12 +206,12 @@ class EngineRunner:
         slot = self._context(tuple(x.shape))
         out = np.empty(slot["out_shape"], self.output_dtype)
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        cuda_check(cudart.cudaMemcpyAsync(slot["input"].ptr, x.ctypes.data, x.nbytes, h2d, self.stream), "cudaMemcpyAsync")
+        cuda_check(cudart.cudaMemcpyAsync(slot["input"].ptr, x.ctypes.data, x.nbytes, h2d, self.stream), "copy")
         if slot["graph"] is not None:
             cuda_check(cudart.cudaGraphLaunch(slot["graph"], self.stream), "cudaGraphLaunch")
         else:
             self._execute(slot["context"])
-        cuda_check(cudart.cudaMemcpyAsync(out.ctypes.data, slot["output"].ptr, out.nbytes, d2h, self.stream), "cudaMemcpyAsync")
+        cuda_check(cudart.cudaMemcpyAsync(out.ctypes.data, slot["output"].ptr, out.nbytes, d2h, self.stream), "copy")
         cuda_check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         return out
 
@@ -235,7 +235,7 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, path, cuda_graph=False):
-        require_tensorrt("or run the .onnx model with --backend onnxruntime")  # before the metadata: says what to install
+        require_tensorrt("or run the .onnx model with --backend onnxruntime")  # first: it says what to install
         metadata = from_dict(read_sidecar(path), str(path))
         self.runner = EngineRunner(path, cuda_graph)
         self.cuda_graph = bool(cuda_graph)
