@@ -118,7 +118,8 @@ def build_engine(onnx_path, engine_path, precision, profile, calibration_frames=
     input_name = network.get_input(0).name
     optimization_profile = builder.create_optimization_profile()
     optimization_profile.set_shape(input_name, profile["min"], profile["opt"], profile["max"])
-    config.add_optimization_profile(optimization_profile)
+    if config.add_optimization_profile(optimization_profile) < 0:
+        raise CirnError(f"TensorRT rejected the optimisation profile {profile} of {onnx_path}")
 
     calibration_cache = None
     if generation < 11:
@@ -131,14 +132,22 @@ def build_engine(onnx_path, engine_path, precision, profile, calibration_frames=
             config.set_flag(trt.BuilderFlag.INT8)
             input_dtype = np.dtype(trt.nptype(network.get_input(0).dtype))
             config.int8_calibrator = _entropy_calibrator(trt, calibration_frames, calibration_cache, input_dtype)
-            config.set_calibration_profile(optimization_profile)
+            # Calibration runs at the calibration profile's opt shape: one frame at the export size, which is what
+            # get_batch hands over (the optimisation profile's opt may be another batch).
+            one_frame = (1, *profile["opt"][1:])
+            calibration_profile = builder.create_optimization_profile()
+            calibration_profile.set_shape(input_name, one_frame, one_frame, one_frame)
+            if not config.set_calibration_profile(calibration_profile):
+                raise CirnError(f"TensorRT rejected the calibration profile {shape_string(one_frame)}")
     # TensorRT 11: onnx_path is the graph carrying the precision (engine_onnx); there is nothing to set.
 
     cache = None
     if timing_cache is not None:
         timing_cache = Path(timing_cache)
         cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        if not config.set_timing_cache(cache, ignore_mismatch=False):
+            raise CirnError(f"TensorRT refused the timing cache {timing_cache} (written by another TensorRT version "
+                            "or GPU?); delete it and export again")
     if log:
         log(f"building the TensorRT {trt.__version__} {precision} engine from {Path(onnx_path).name} "
             f"(profile min {shape_string(profile['min'])}, opt {shape_string(profile['opt'])}, "

@@ -194,17 +194,14 @@ def backend_for(model, backend=None):
 
 
 def default_device(backend):
-    """cuda when this machine can run `backend` on a GPU, else cpu."""
+    """The device when none is given: cuda for engines; for checkpoints cuda when PyTorch sees a GPU; for ONNX
+    models `auto` (OnnxRuntimeBackend opens a CUDA session and keeps it only if it really runs on the GPU)."""
     if backend == "tensorrt":
         return "cuda"
     if backend == "torch":
         import torch
         return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        import onnxruntime
-    except ImportError:
-        return "cpu"
-    return "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
+    return "auto"
 
 
 def open_backend(model, backend=None, device=None, precision="auto", threads=None, compile=False,

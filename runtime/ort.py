@@ -4,6 +4,7 @@ CPU, CUDA (IO binding: the output is allocated on the GPU and copied back once) 
 (engines cached in `{model}.trt-cache/`). ONNX Runtime comes in two builds that must not be installed together
 (onnxruntime hides onnxruntime-gpu's CUDA provider): the messages say which to remove.
 """
+import re
 from importlib import metadata as distributions
 from pathlib import Path
 
@@ -83,6 +84,33 @@ def ort_tensorrt_providers(precision, profile, cache_dir, generation=10, input_n
     return [("TensorrtExecutionProvider", options), ("CUDAExecutionProvider", {"device_id": device_id})]
 
 
+def provider_tensorrt_generation(ort):
+    """The TensorRT major version ONNX Runtime's TensorRT provider loads: the libnvinfer.so.N its library links
+    (whatever the `tensorrt` Python package next to it is); None when this build has no TensorRT provider."""
+    library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_tensorrt.so"
+    if not library.is_file():
+        return None
+    found = re.search(rb"libnvinfer\.so\.(\d+)", library.read_bytes())
+    return int(found.group(1)) if found else None
+
+
+def tensorrt_provider_precision(requested, metadata, path):
+    """fp32 | fp16 | int8: the kernels the TensorRT provider is to run `metadata`'s graph with.
+
+    auto follows the graph (model.fp16.onnx -> fp16, the symmetric Q/DQ model.int8.tensorrt.onnx -> int8). INT8
+    needs that Q/DQ graph (explicit quantisation, no calibration table); the CPU's uint8 Q/DQ graph is refused.
+    """
+    graph = metadata.raw.get("precision", "fp32")
+    precision = graph if requested == "auto" else requested
+    if precision not in ("fp32", "fp16", "int8"):
+        raise CirnError(f"the TensorRT provider runs fp32, fp16 or int8 kernels, not {precision}")
+    target = (metadata.raw.get("quantization") or {}).get("target")
+    if (precision == "int8" or graph == "int8") and not (graph == "int8" and target == "tensorrt"):
+        raise CirnError(f"INT8 through the TensorRT provider runs the symmetric Q/DQ graph model.int8.tensorrt.onnx "
+                        f"(cirn-export --int8 --format all writes it), not {Path(path).name}")
+    return precision
+
+
 class OrtSession:
     """One ONNX Runtime session of an exported graph: `run(x (B, 3, H, W))` -> the list of its outputs.
 
@@ -135,17 +163,25 @@ class OrtSession:
 class OnnxRuntimeBackend(Backend):
     """An exported .onnx in ONNX Runtime: CPU, CUDA or its TensorRT execution provider (`tensorrt=True`).
 
-    precision (TensorRT provider only): fp32 or fp16 kernels; the graph decides on TensorRT 11.
+    device: cpu, cuda, or auto: cuda when a session really runs there, else cpu. The build's provider list says
+    what onnxruntime-gpu was compiled with, not whether this machine has a GPU: a CUDA session on a machine without
+    one silently falls back to the CPU, so auto opens one and looks at the providers it got.
+    precision (TensorRT provider only): auto (the graph's), fp32, fp16 or int8 (tensorrt_provider_precision).
     """
     name = "onnxruntime"
 
     def __init__(self, path, device="cpu", threads=None, tensorrt=False, precision="auto", max_batch=4):
         ort = import_onnxruntime()
         path = Path(path)
+        if device == "auto" and not tensorrt:
+            device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+            if device == "cuda":
+                probe = OrtSession(path, device, threads)
+                device = "cuda" if "CUDAExecutionProvider" in probe.session.get_providers() else "cpu"
         if tensorrt:  # the provider's options depend on the metadata: read it through a CPU session first
             device = "cuda"
             metadata = from_dict(OrtSession(path, "cpu", threads=1).metadata(str(path)), str(path))
-            options = self._tensorrt_options(path, metadata, precision, max_batch)
+            options = self._tensorrt_options(ort, path, metadata, precision, max_batch)
             self.runner = OrtSession(path, device, threads, ort_providers(ort, device, True, options))
         else:
             self.runner = OrtSession(path, device, threads)
@@ -162,20 +198,14 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(metadata, device, path)
 
     @staticmethod
-    def _tensorrt_options(path, metadata, precision, max_batch):
-        from .tensorrt import trt_generation
-        try:
-            import tensorrt
-            generation = trt_generation(tensorrt.__version__)
-        except ImportError:
-            generation = 10  # the provider loads TensorRT's libraries itself; 10 is the oldest we support
+    def _tensorrt_options(ort, path, metadata, precision, max_batch):
+        # The generation of the library the provider loads decides which precision flags exist (10: fp16/int8
+        # enable flags; 11: strongly typed, the graph decides); 10 when it cannot be read.
+        generation = provider_tensorrt_generation(ort) or 10
         height, width = metadata.input_size_hw
         profile = profile_shapes(height, width, metadata.dynamic, max_batch=max_batch,
                                  multiple=metadata.output_stride)
-        precision = "fp32" if precision == "auto" else precision
-        if precision not in ("fp32", "fp16"):
-            raise CirnError(f"the TensorRT provider runs fp32 or fp16 kernels, not {precision}; for INT8 load "
-                            "model.int8.tensorrt.onnx")
+        precision = tensorrt_provider_precision(precision, metadata, path)
         cache = path.with_name(path.name + ".trt-cache")
         cache.mkdir(exist_ok=True)
         return ort_tensorrt_providers(precision, profile, cache, generation)
