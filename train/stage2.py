@@ -11,7 +11,7 @@ from .distributed import average_gradients
 from .engine import (BestKeeper, autocast, grad_scaler, poly_lr, prepare_run_dir, resolve_device,
                      seed_everything, seg_optimizer, set_lr, train_loop)
 from .losses import adversarial_loss, disagreement_map, discriminator_loss, seg_loss, weight_discrepancy
-from .models import build_discriminator, build_model
+from .models import build_discriminator, build_model, upsample
 
 
 def loss_weights(adapt, iteration, iterations):
@@ -31,7 +31,7 @@ def train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_tr
 
     with amp_ctx:
         out_src = model(images_src)
-    logits_src = (out_src.logits_c + out_src.logits_acm).float()  # (B, C, h, w)
+    logits_src = out_src.fused.float()  # (B, C, h, w)
     loss_seg_src = seg_loss(logits_src, labels_src)
     loss_weight = adapt.lambda_weight * damping * weight_discrepancy(model.classifier_c, model.classifier_acm)
     scaler.scale(loss_seg_src + loss_weight).backward()
@@ -39,8 +39,8 @@ def train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_tr
     size_trg = images_trg.shape[-2:]
     with amp_ctx:
         out_trg = model(images_trg)
-    logits_trg = (out_trg.logits_c + out_trg.logits_acm).float()
-    probs_trg = F.softmax(F.interpolate(logits_trg, size=size_trg, mode="bilinear", align_corners=False), dim=1)
+    logits_trg = out_trg.fused.float()
+    probs_trg = F.softmax(upsample(logits_trg, size_trg), dim=1)  # (B, C, H, W)
     weight_map = disagreement_map(out_trg.logits_c.float(), out_trg.logits_acm.float(), size_trg).detach()
     d_trg = disc(probs_trg)  # (B, 1, h', w')
     loss_adv_trg = adapt.lambda_adv * damping * adversarial_loss(
@@ -50,8 +50,7 @@ def train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_tr
     for p in disc.parameters():
         p.requires_grad_(True)
     size_src = images_src.shape[-2:]
-    probs_src = F.softmax(F.interpolate(logits_src.detach(), size=size_src, mode="bilinear", align_corners=False),
-                          dim=1)
+    probs_src = F.softmax(upsample(logits_src.detach(), size_src), dim=1)
     loss_d_src, loss_d_trg = discriminator_loss(disc(probs_src), disc(probs_trg.detach()),
                                                 None if preheat else weight_map,
                                                 lambda_cos=adapt.lambda_cos, eps=adapt.eps)

@@ -17,7 +17,7 @@ def train_step(model, optimizer, images, labels, amp_ctx, scaler, second=None, k
     def fused_logits(batch_images):
         with amp_ctx:
             out = model(batch_images)
-        return (out.logits_c + out.logits_acm).float()  # (B, C, h, w)
+        return out.fused.float()  # (B, C, h, w)
 
     logits = fused_logits(images)
     loss_seg = seg_loss(logits, labels)

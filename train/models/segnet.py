@@ -3,7 +3,7 @@
     logits_c   = C(f)                                  f = backbone(x), (B, C_in, h, w)
     logits_acm = ACM(f) = cls_acm(f)                                    when K = 0
                         = sum_k cls_acm((1 + a_k(f)) * f)               otherwise
-    prediction = logits_c + logits_acm                 (the fused network: evaluation and export)
+    prediction = logits_c + logits_acm                 (`fuse`: what training, evaluation and export score)
 """
 from typing import NamedTuple
 
@@ -19,10 +19,20 @@ from .heads import DEEPLAB_DILATIONS, ASPPClassifier
 NORMALIZATIONS = ("imagenet", "caffe")
 
 
+def fuse(logits_c, logits_acm):
+    """(B, C, h, w) x 2 -> (B, C, h, w) the network's prediction, C + ACM: the one definition of the fusion."""
+    return logits_c + logits_acm
+
+
 class SegOutput(NamedTuple):
     logits_c: torch.Tensor    # (B, C, h, w) classifier C, at feature resolution
     logits_acm: torch.Tensor  # (B, C, h, w) ancillary classifier module
     attention: torch.Tensor   # (B, K, h, w) attention maps in [0, 1]; K = 0 gives (B, 0, h, w)
+
+    @property
+    def fused(self):
+        """(B, C, h, w) fuse(logits_c, logits_acm), the prediction the losses train."""
+        return fuse(self.logits_c, self.logits_acm)
 
 
 class SegNet(nn.Module):
@@ -104,7 +114,7 @@ class SegNet(nn.Module):
     def fused(self, x):
         """(B, 3, H, W) -> (B, C, h, w) logits_c + logits_acm: the prediction evaluated and exported."""
         logits_c, logits_acm, _ = self._heads(self.backbone(x))
-        return logits_c + logits_acm
+        return fuse(logits_c, logits_acm)
 
     # The input convention is stored as an index buffer so that it travels inside state_dict(): every checkpoint
     # restores it with the weights. (A string in get_extra_state() would too, but breaks torch.jit.trace, which the
@@ -119,24 +129,3 @@ class SegNet(nn.Module):
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {value!r}")
         self.normalization_index.fill_(NORMALIZATIONS.index(value))
 
-
-class FusedSegNet(nn.Module):
-    """Inference view of a SegNet for evaluation and export: (B, 3, H, W) -> (B, C, h, w) fused logits.
-
-    Shares the SegNet's modules (no copy); one tensor out, no dicts, no data-dependent control flow.
-    """
-
-    def __init__(self, segnet):
-        super().__init__()
-        self.segnet = segnet
-
-    @property
-    def normalization(self):
-        return self.segnet.normalization
-
-    @property
-    def output_stride(self):
-        return self.segnet.output_stride
-
-    def forward(self, x):
-        return self.segnet.fused(x)
