@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import distributed, fda
-from .datasets import (CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD, build_source_dataset, build_target_dataset,
-                       denormalize, infinite_loader)
+from .datasets import build_source_dataset, build_target_dataset, denormalize, infinite_loader, normalize_tensor
 from .distributed import average_gradients
 from .engine import (autocast, grad_scaler, load_model, prepare_run_dir, resolve_device, seed_everything, set_lr,
                      train_loop)
@@ -60,16 +59,9 @@ def discriminator_loss(d_logits_real, d_logits_fake, mode="lsgan"):
 def to_seg_input(images, normalization):
     """(B, 3, H, W) RGB in [-1, 1] (a generator's output) -> the same pixels in f_S's input convention.
 
-    Differentiable (no rounding), so L_sem reaches G; it matches datasets.normalize on the 0-255 image.
+    Differentiable (no rounding), so L_sem reaches G; it is datasets.normalize on the 0-255 image.
     """
-    rgb = (images + 1.0) * 127.5  # (B, 3, H, W) RGB 0-255
-    if normalization == "imagenet":
-        mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
-        std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
-        return (rgb - mean) / std
-    if normalization == "caffe":
-        return rgb.flip(1) - images.new_tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)  # RGB -> BGR, 0-255
-    raise CirnError(f"the segmentation model's normalization {normalization!r} is not imagenet or caffe")
+    return normalize_tensor((images + 1.0) * 127.5, normalization)  # from (B, 3, H, W) RGB 0-255
 
 
 def semantic_consistency_loss(seg_model, images_fake_trg, labels_src):

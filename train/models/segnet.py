@@ -10,13 +10,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from cirn.common.normalization import NORMALIZATIONS
+
 from .acm import AttentionModule, default_attention_scales
 from .heads import DEEPLAB_DILATIONS, ASPPClassifier
 
-# Input normalisation a backbone's weights expect; the data pipeline, checkpoints and export read model.normalization.
-#   imagenet: RGB, /255, minus mean (0.485, 0.456, 0.406), divided by std (0.229, 0.224, 0.225)  (torchvision)
-#   caffe:    BGR, 0-255, minus mean (104.00698793, 116.66876762, 122.67891434), no std  (DeepLab init file)
-NORMALIZATIONS = ("imagenet", "caffe")
 
 
 def fuse(logits_c, logits_acm):
@@ -116,9 +114,11 @@ class SegNet(nn.Module):
         logits_c, logits_acm, _ = self._heads(self.backbone(x))
         return fuse(logits_c, logits_acm)
 
-    # The input convention is stored as an index buffer so that it travels inside state_dict(): every checkpoint
-    # restores it with the weights. (A string in get_extra_state() would too, but breaks torch.jit.trace, which the
-    # TorchScript ONNX exporter uses.)
+    # The input normalisation the backbone's weights expect (common.normalization: imagenet for torchvision
+    # weights, caffe for the DeepLab init file); the data pipeline, checkpoints and export read it.
+    # It is stored as an index into NORMALIZATIONS, a buffer, so that it travels inside state_dict(): every
+    # checkpoint restores it with the weights. (A string in get_extra_state() would too, but breaks torch.jit.trace,
+    # which the TorchScript ONNX exporter uses.)
     @property
     def normalization(self):
         return NORMALIZATIONS[int(self.normalization_index)]
