@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from cirn.cli import train_main
 from cirn.train import engine, stage2
 from cirn.train.config import load_config
-from cirn.train.engine import load_checkpoint
+from cirn.train.checkpoint import load_checkpoint
 
 
 def run_cli(args):

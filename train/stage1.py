@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from . import distributed, fda
 from .datasets import build_source_dataset, build_target_dataset, denormalize, infinite_loader, normalize_tensor
 from .distributed import average_gradients
-from .engine import (autocast, grad_scaler, load_model, prepare_run_dir, resolve_device, seed_everything, set_lr,
-                     train_loop)
+from .checkpoint import load_model
+from .engine import autocast, grad_scaler, prepare_run_dir, resolve_device, seed_everything, set_lr, train_loop
 from cirn.common.errors import CirnError
 from .io import atomic_write_bytes, atomic_write_text, write_png
 from .losses import seg_loss

@@ -4,8 +4,9 @@ intermediate domain alongside, as CBST). One loop: segmentation CE on the fused 
 
 from .distributed import average_gradients
 from .datasets import build_train_dataset, build_val_dataset, infinite_loader
-from .engine import (BestKeeper, autocast, grad_scaler, init_from_checkpoint, poly_lr, prepare_run_dir,
-                     resolve_device, seed_everything, seg_optimizer, set_lr, train_loop)
+from .checkpoint import init_from_checkpoint
+from .engine import (BestKeeper, autocast, grad_scaler, poly_lr, prepare_run_dir, resolve_device, seed_everything,
+                     seg_optimizer, set_lr, train_loop)
 from .losses import kld_regularizer, seg_loss
 from .models import build_model
 
