@@ -259,7 +259,7 @@ def run(cfg, run_dir, resume=False, quiet=False, intermediate_out=None):
         keeper.add(losses)
         return losses
 
-    # "model" is the key train_loop checkpoints and evaluates; nets.normalization ('tanh') goes into model_meta.
+    # "model" is the key train_loop checkpoints and evaluates; checkpoint.model_meta describes the CycleGAN.
     modules = {"model": nets, "opt_gen": opt_gen, "opt_disc": opt_disc, "scaler": scaler}
     extras = {"batches_src": batches_src, "batches_trg": batches_trg, "pool_src": pool_src, "pool_trg": pool_trg}
     desc = "stage1 (cyclegan" + (" + semantic consistency)" if seg_model is not None else ")")
