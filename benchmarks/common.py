@@ -204,7 +204,7 @@ def random_checkpoint(name, work_dir):
     import torch
 
     from cirn.train.config import load_config
-    from cirn.train.engine import save_model
+    from cirn.train.checkpoint import save_model
     from cirn.train.models import build_model
     cfg = load_config("toy", overrides=[f"model.name={name}"])
     torch.manual_seed(0)
@@ -231,7 +231,7 @@ def prepare(spec, work_dir, size=None, batch=1, variants=VARIANTS, calib=None, c
     checkpoint, onnx_model, random_weights = resolve_model(spec, work_dir, runs_dir)
     state = None
     if checkpoint is not None:
-        from cirn.train.engine import load_checkpoint
+        from cirn.train.checkpoint import load_checkpoint
         state = load_checkpoint(checkpoint)
     if size is None:
         if onnx_model is not None:
@@ -303,7 +303,7 @@ def export_variants(checkpoint, state, work_dir, size, batch, variants, calib, c
     from cirn.export.frames import calibration_frames
     from cirn.export.pipeline import ONNX_VARIANTS, model_metadata
     from cirn.export.precision import quantization_metadata
-    from cirn.train.engine import load_model
+    from cirn.train.checkpoint import load_model
     height, width = size
     dynamic = batch > 1
     generation = _tensorrt_generation()
@@ -439,7 +439,7 @@ def measure_latency(job):
     # Libraries load before the baseline: their code is not the variant's memory.
     import cirn.export  # noqa: F401
     import cirn.runtime  # noqa: F401
-    import cirn.train.engine  # noqa: F401
+    import cirn.train.checkpoint  # noqa: F401
     __import__({"checkpoint": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}[variant.fmt])
     rss_before = _reset_peak_rss()
     start = time.perf_counter()

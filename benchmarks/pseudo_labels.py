@@ -18,7 +18,7 @@ import numpy as np
 from cirn.train import labels as L
 from cirn.train.config import from_dict, load_config
 from cirn.train.datasets import _target_root, build_target_dataset, cityscapes_label_files, read_label
-from cirn.train.engine import load_model
+from cirn.train.checkpoint import load_model
 from cirn.train.evaluate import ConfusionMatrix
 from cirn.train.stage3 import easiest_images, image_entropies
 

@@ -11,25 +11,11 @@ Everything a runtime would otherwise have to re-implement (and could get subtly 
 import torch
 from torch import nn
 
-from cirn.train.datasets import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD
 from cirn.common.errors import CirnError
+from cirn.common.normalization import affine
 from cirn.train.models import upsample
 
 OUTPUTS = ("labels", "probs", "logits")
-
-
-def normalization_constants(normalization):
-    """(mean, scale, bgr) such that normalize(x) = ((x[BGR] if bgr else x) - mean) * scale for x in 0-255.
-
-    Exactly datasets.normalize: imagenet (x / 255 - m) / s = (x - 255 m) / (255 s); caffe: BGR, minus the mean.
-    """
-    if normalization == "imagenet":
-        mean = [255.0 * m for m in IMAGENET_MEAN]
-        scale = [1.0 / (255.0 * s) for s in IMAGENET_STD]
-        return mean, scale, False
-    if normalization == "caffe":
-        return list(CAFFE_MEAN_BGR), [1.0, 1.0, 1.0], True
-    raise CirnError(f"cannot export normalization {normalization!r}: expected imagenet or caffe")
 
 
 class DeployModel(nn.Module):
@@ -51,10 +37,11 @@ class DeployModel(nn.Module):
         self.output = output
         self.normalization = segnet.normalization
         self.num_classes = segnet.num_classes
-        mean, scale, self.bgr = normalization_constants(self.normalization)
-        # Not persistent: derived from model.normalization, never part of a state dict.
-        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        # common.normalization's map, as datasets.normalize in training and evaluation. Not persistent: derived
+        # from model.normalization, never part of a state dict.
+        self.bgr, scale, shift = affine(self.normalization)
         self.register_buffer("pixel_scale", torch.tensor(scale).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_shift", torch.tensor(shift).view(1, 3, 1, 1), persistent=False)
         self.eval()
 
     def normalize(self, frames):
@@ -62,7 +49,7 @@ class DeployModel(nn.Module):
         x = frames.float()
         if self.bgr:
             x = x.flip(1)  # RGB -> BGR, the channel order of the caffe weights
-        return (x - self.pixel_mean) * self.pixel_scale
+        return x * self.pixel_scale + self.pixel_shift
 
     def logits(self, frames):
         """(B, 3, H, W) frames -> (B, C, H, W) fused C + ACM logits, upsampled to the frame size."""

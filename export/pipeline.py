@@ -41,7 +41,7 @@ def find_latest_checkpoint(runs_dir="runs"):
 def model_metadata(model, state, checkpoint, output, height, width, dynamic, input_dtype, exporter, precision,
                    quantization=None):
     """What a runtime needs to use an exported model without the checkpoint (stored in the ONNX and engine JSON)."""
-    from cirn.train.engine import config_digest, config_of_checkpoint
+    from cirn.train.checkpoint import config_digest, config_of_checkpoint
     from cirn.train.evaluate import class_names
     from cirn.train.labels import PALETTE
     num_classes = model.num_classes
@@ -110,7 +110,7 @@ def export_checkpoint(checkpoint=None, out=None, *, height=None, width=None, out
         from .tensorrt import require_tensorrt_for_export
         trt = require_tensorrt_for_export()  # before any work: a missing library or GPU writes nothing
 
-    from cirn.train.engine import load_model
+    from cirn.train.checkpoint import load_model
     checkpoint = Path(checkpoint) if checkpoint else find_latest_checkpoint(runs_dir)
     model, state = load_model(checkpoint)
     data_cfg = state["config"].get("data", {})

@@ -114,7 +114,7 @@ def _softmax(logits):
 
 # ---------------------------------------------------------------- PyTorch
 class TorchBackend(Backend):
-    """A cirn checkpoint (.pt) in PyTorch: engine.load_model wrapped in export's DeployModel, eager by default.
+    """A cirn checkpoint (.pt) in PyTorch: checkpoint.load_model wrapped in export's DeployModel, eager by default.
 
     device: cpu or cuda. precision: fp32, or autocast fp16 / bf16 (fp16 needs CUDA); auto = fp16 on CUDA, fp32 on
     CPU. compile: torch.compile the graph (the first calls at each shape compile: warm up before timing).
@@ -129,7 +129,7 @@ class TorchBackend(Backend):
         import torch
 
         from cirn.export.graph import DeployModel
-        from cirn.train.engine import load_model
+        from cirn.train.checkpoint import load_model
         from cirn.train.evaluate import class_names
         from cirn.train.labels import PALETTE
         if device == "cuda" and not torch.cuda.is_available():

@@ -3,8 +3,12 @@ import collections
 import pytest
 import torch
 
-from cirn.train.engine import load_checkpoint, load_resume_state, save_checkpoint
 from cirn.common.errors import CirnError
+from cirn.train.checkpoint import (load_checkpoint, load_model, load_resume_state, model_meta, network_of,
+                                   save_checkpoint)
+from cirn.train.config import load_config
+from cirn.train.models import build_model
+from cirn.train.models.cyclegan import build_cyclegan
 
 Payload = collections.namedtuple("Payload", "a b")  # any non-tensor class makes torch.save pickle code references
 
@@ -38,3 +42,21 @@ def test_truncated_last_falls_back_to_previous(tmp_path, capsys):
 def test_no_checkpoint_to_resume(tmp_path):
     with pytest.raises(CirnError, match="without --resume"):
         load_resume_state(tmp_path)
+
+
+def test_model_meta_names_the_network_and_load_model_refuses_a_cyclegan(tmp_path):
+    cfg = load_config("smoke")
+    nets = build_cyclegan(cfg.stage1)
+    meta = model_meta(nets, cfg)
+    assert meta == {"network": "cyclegan", "ngf": cfg.stage1.ngf, "ndf": cfg.stage1.ndf,
+                    "n_blocks": cfg.stage1.n_blocks, "disc_layers": 3, "normalization": "tanh"}
+    assert model_meta(build_model(cfg.model), cfg)["network"] == "segnet"
+    # Stage-1 checkpoints written before model_meta named the network carry the segmentation model's keys and
+    # the generators' 'tanh' normalisation.
+    old = {"name": "tiny", "num_classes": 3, "num_attention": 2, "width": 4, "normalization": "tanh"}
+    assert network_of(old) == "cyclegan" and network_of({**old, "normalization": "imagenet"}) == "segnet"
+    for i, stamp in enumerate((meta, old)):
+        path = tmp_path / f"last{i}.pt"
+        save_checkpoint(path, {"kind": "training", "model_meta": stamp, "states": {"model": nets.state_dict()}})
+        with pytest.raises(CirnError, match="stage-1 CycleGAN checkpoint, not a segmentation model"):
+            load_model(path)

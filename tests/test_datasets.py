@@ -10,10 +10,11 @@ from PIL import Image
 
 from cirn.train import datasets
 from cirn.train.config import DataConfig
-from cirn.train.datasets import (CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD, CityscapesDataset, GTA5Dataset,
-                                 SynthiaDataset, build_source_dataset, build_target_dataset, build_train_dataset,
-                                 build_val_dataset, denormalize, infinite_loader, normalize)
+from cirn.train.datasets import (CityscapesDataset, GTA5Dataset, SynthiaDataset, build_source_dataset,
+                                 build_target_dataset, build_train_dataset, build_val_dataset, denormalize,
+                                 infinite_loader, normalize, normalize_tensor)
 from cirn.common.errors import CirnError
+from cirn.common.normalization import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD, NORMALIZATIONS, normalize_array
 
 H, W = 16, 32
 # Cityscapes labelIds of the 19 classes in trainId order, plus ignored ones (0 unlabeled, 9 parking, 29 caravan).
@@ -106,6 +107,15 @@ def test_denormalize_round_trip(mode):
     x = normalize(image, mode)
     np.testing.assert_array_equal(denormalize(x, mode), image)
     np.testing.assert_array_equal(denormalize(torch.stack([x, x]), mode), np.stack([image, image]))
+
+
+@pytest.mark.parametrize("mode", NORMALIZATIONS)
+def test_tensor_form_is_the_numpy_form(mode):
+    image = random_image(4)
+    np.testing.assert_allclose(normalize(image, mode).numpy(), normalize_array(image, mode), rtol=1e-6, atol=1e-6)
+    batch = torch.from_numpy(np.stack([image, image])).permute(0, 3, 1, 2).float()  # (2, 3, H, W) RGB 0-255
+    np.testing.assert_allclose(normalize_tensor(batch, mode).numpy(), normalize_array(np.stack([image, image]), mode),
+                               rtol=1e-6, atol=1e-6)
 
 
 def test_unknown_normalization():

@@ -86,7 +86,7 @@ def test_dynamic_export_writes_every_variant_and_passes_parity(dynamic_export):
 
 
 def test_one_dynamic_model_runs_at_two_sizes(dynamic_export, checkpoint):
-    from cirn.train.engine import load_model
+    from cirn.train.checkpoint import load_model
     model, _ = load_model(checkpoint)
     runner = OnnxRunner(dynamic_export / "model.onnx")
     for batch, height, width in ((1, 32, 64), (3, 40, 72)):
@@ -100,7 +100,7 @@ def test_one_dynamic_model_runs_at_two_sizes(dynamic_export, checkpoint):
 
 
 def test_metadata_round_trip(dynamic_export, checkpoint):
-    from cirn.train.engine import load_checkpoint
+    from cirn.train.checkpoint import load_checkpoint
     state = load_checkpoint(checkpoint)
     for name, precision in (("model.onnx", "fp32"), ("model.fp16.onnx", "fp16"), ("model.int8.onnx", "int8")):
         meta = read_metadata(dynamic_export / name)

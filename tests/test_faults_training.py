@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from cirn.cli import train_main
 from cirn.train import supervised
 from cirn.train.config import load_config
-from cirn.train.engine import load_checkpoint
+from cirn.train.checkpoint import load_checkpoint
 from cirn.common.errors import CirnError
 
 KILL_RUN = ["run.iterations=60", "run.checkpoint_every=5", "run.eval_every=30", "run.batch_size=2", "run.device=cpu"]

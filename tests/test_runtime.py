@@ -17,7 +17,7 @@ from cirn.runtime import (Backend, Interrupted, ModelMetadata, backend_for, find
 from cirn.runtime.outputs import overlay, resize_labels
 from cirn.runtime.pipeline import inference_size_hw
 from cirn.train import toy
-from cirn.train.engine import load_model
+from cirn.train.checkpoint import load_model
 from cirn.common.errors import CirnError
 from cirn.train.labels import CLASS_NAMES, LABELID_TO_TRAINID, PALETTE
 

@@ -8,13 +8,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cirn.cli import train_main
-from cirn.train import engine, stage1
+from cirn.cli import export_main, train_main
+from cirn.train import checkpoint, engine, stage1
 from cirn.train.config import ModelConfig, load_config
 from cirn.train.datasets import GTA5Dataset, normalize
 from cirn.common.errors import CirnError
 from cirn.train.fda import band_half_width, fda_transfer, swap_low_amplitude, translate_fda
 from cirn.train.io import read_image, write_png
+from cirn.train.losses import seg_loss, valid_pixels
 from cirn.train.models import build_model
 from cirn.train.models.cyclegan import CycleGAN, ImagePool, PatchDiscriminator, ResnetGenerator
 
@@ -29,7 +30,7 @@ def seg_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     cfg = load_config("smoke")
     path = tmp_path_factory.mktemp("seg") / "best.pt"
-    engine.save_model(path, build_model(cfg.model), cfg)
+    checkpoint.save_model(path, build_model(cfg.model), cfg)
     return path
 
 
@@ -80,19 +81,7 @@ def test_image_pool_fills_then_swaps_and_resumes_exactly():
     assert values <= {0.0, 1.0, 9.0} and len(values) > 1  # some swapped for stored images, some passed through
 
 
-# ---------------------------------------------------------------- losses and schedule
-def test_gan_losses_by_hand():
-    half = torch.full((2, 1, 3, 3), 0.5)
-    assert stage1.gan_loss(half, True, "lsgan").item() == pytest.approx(0.25)  # (0.5 - 1)^2
-    assert stage1.gan_loss(half, False, "lsgan").item() == pytest.approx(0.25)
-    zero = torch.zeros(1, 1, 2, 2)
-    assert stage1.gan_loss(zero, True, "vanilla").item() == pytest.approx(np.log(2))
-    real, fake = torch.ones(1, 1, 2, 2), torch.full((1, 1, 2, 2), 2.0)
-    assert stage1.discriminator_loss(real, fake, "lsgan").item() == pytest.approx(0.5 * (0 + 4))
-    with pytest.raises(AssertionError):
-        stage1.gan_loss(torch.zeros(1, 2, 3, 3), True)
-
-
+# ---------------------------------------------------------------- schedule and L_sem (the losses: test_losses.py)
 def test_linear_decay_lr():
     lrs = [stage1.linear_decay_lr(1.0, i, 10, 0.5) for i in range(10)]
     assert lrs == pytest.approx([1, 1, 1, 1, 1, 1.0, 0.8, 0.6, 0.4, 0.2])
@@ -115,7 +104,8 @@ def test_semantic_loss_trains_g_through_a_frozen_seg_model(seg_checkpoint):
     images_src, images_trg = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
     labels_src = torch.randint(0, 19, (2, 32, 32))
 
-    loss_sem = stage1.semantic_consistency_loss(seg_model, nets.gen_s2t(images_src), labels_src)
+    loss_sem = seg_loss(stage1.seg_model_logits(seg_model, nets.gen_s2t(images_src)), labels_src,
+                        valid_pixels(labels_src))
     loss_sem.backward()
     grads = [p.grad for p in nets.gen_s2t.parameters()]
     assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
@@ -193,7 +183,7 @@ def test_stage1_cli_trains_and_writes_a_loadable_intermediate_domain(toy_data, t
     assert_intermediate_mirrors_source(out / "intermediate", toy_data, (64, 36))
     manifest = json.loads((out / "intermediate" / "intermediate.json").read_text())
     assert manifest["method"] == "cyclegan" and manifest["count"] == 8 and not (out / "intermediate.partial").exists()
-    last = engine.load_checkpoint(out / "checkpoints" / "last.pt")
+    last = checkpoint.load_checkpoint(out / "checkpoints" / "last.pt")
     assert last["iteration"] == 2 and {"model", "opt_gen", "opt_disc"} <= set(last["states"])
     assert {"pool_src", "pool_trg", "keeper"} <= set(last["extras"])
     assert manifest["generator_digest"] == stage1.weights_digest(_gen_of(last))
@@ -201,6 +191,19 @@ def test_stage1_cli_trains_and_writes_a_loadable_intermediate_domain(toy_data, t
     assert [r["iteration"] for r in records if r["kind"] == "train"] == [1, 2]
     assert {"loss_sem", "loss_cycle_src", "loss_d_trg"} <= set(records[0])
     assert any(r["kind"] == "mean" for r in records)
+
+    # The checkpoint describes the CycleGAN it holds; export and later stages refuse it in one line.
+    assert last["model_meta"] == {"network": "cyclegan", "ngf": 4, "ndf": 4, "n_blocks": 1, "disc_layers": 3,
+                                  "normalization": "tanh"}
+    exported = CliRunner().invoke(export_main, [str(out / "checkpoints" / "last.pt"), "--out", str(tmp_path / "x")])
+    assert exported.exit_code == 2 and "Traceback" not in exported.output, exported.output
+    assert exported.output.strip().splitlines() == [
+        f"error: {out / 'checkpoints' / 'last.pt'} is a stage-1 CycleGAN checkpoint, not a segmentation model; "
+        "use (or export) a best.pt of source-only, stage2 or stage3"]
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(CirnError, match="stage-1 CycleGAN checkpoint"):
+        checkpoint.init_from_checkpoint(build_model(load_config("smoke").model), out / "checkpoints" / "last.pt",
+                                        load_config("smoke").model)
 
 
 def _gen_of(state):
@@ -269,12 +272,15 @@ def test_stage1_training_resumes_exactly(toy_data, seg_checkpoint, tmp_path, mon
         stage1.run(cfg, tmp_path / "killed", quiet=True)
     monkeypatch.setattr(engine, "save_training_state", real_save)
     stage1.run(cfg, tmp_path / "killed", resume=True, quiet=True)
-    full = engine.load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
-    resumed = engine.load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
+    full = checkpoint.load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    resumed = checkpoint.load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.pt")
     for key, value in full["states"]["model"].items():
         assert torch.equal(value, resumed["states"]["model"][key]), key
     assert torch.equal(full["extras"]["pool_trg"]["images"], resumed["extras"]["pool_trg"]["images"])
     assert (tmp_path / "killed" / "intermediate" / "intermediate.json").exists()
+    wider = smoke_cfg(toy_data, seg_checkpoint, "run.iterations=4", "run.batch_size=1", "stage1.ngf=8")
+    with pytest.raises(CirnError, match="has stage1.ngf=4 but this run uses 8"):
+        stage1.run(wider, tmp_path / "killed", resume=True, quiet=True)
 
 
 def test_stage1_errors_are_clear(toy_data, toy_args, seg_checkpoint, tmp_path):
@@ -286,7 +292,7 @@ def test_stage1_errors_are_clear(toy_data, toy_args, seg_checkpoint, tmp_path):
     with pytest.raises(CirnError, match="multiples of 4"):
         load_config("smoke", overrides=["stage1.crop_size=[30, 32]"])
     other = load_config("smoke", overrides=["model.num_classes=7"])
-    engine.save_model(tmp_path / "seg7.pt", build_model(ModelConfig(name="tiny", width=4, num_classes=7)), other)
+    checkpoint.save_model(tmp_path / "seg7.pt", build_model(ModelConfig(name="tiny", width=4, num_classes=7)), other)
     with pytest.raises(CirnError, match="7 classes"):
         stage1.run(smoke_cfg(toy_data, tmp_path / "seg7.pt"), tmp_path / "c", quiet=True)
     (tmp_path / "d" / "images").mkdir(parents=True)

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 from cirn.cli import train_main
 from cirn.train import engine, stage2
 from cirn.train.config import load_config
-from cirn.train.engine import load_checkpoint
+from cirn.train.checkpoint import load_checkpoint
+from cirn.train.models import build_discriminator, create_model
 
 
 def run_cli(args):
@@ -34,7 +35,7 @@ def test_two_iteration_run_of_each_command(command, toy_args, tmp_path):
     assert last["iteration"] == 2 and set(last["rng"]) >= {"torch", "python", "numpy"}
     if command == "stage2":
         assert {"model", "disc", "opt_seg", "opt_disc"} <= set(last["states"])
-        assert {"loss_seg_src", "loss_adv_trg", "loss_weight", "loss_d_src", "loss_d_trg"} <= set(records[0])
+        assert {"loss_seg_src", "loss_adv_trg", "loss_discrepancy", "loss_d_src", "loss_d_trg"} <= set(records[0])
 
 
 def test_existing_run_is_not_overwritten(toy_args, tmp_path):
@@ -153,7 +154,7 @@ def test_stage3_smoke_and_resume_by_round(toy_args, tmp_path):
     assert (tmp_path / "s3" / "round2" / "best.pt").exists()
     records = [json.loads(line) for line in (tmp_path / "s3" / "round1" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]
-    assert train and all("loss_seg_second" in r for r in train)  # the source CE alongside (CBST)
+    assert train and all("loss_seg_src" in r for r in train)  # the source CE alongside (CBST)
     assert all(r["loss_kld"] > 0 for r in train)  # CRST's MR-KLD on the pseudo-labelled pixels
     again = run_cli(args + ["--resume"])
     assert again.exit_code == 0 and again.output.count("already finished") == 2
@@ -179,3 +180,72 @@ def test_all_stages_smoke_and_resume_by_stage(toy_args, tmp_path):
     again = run_cli(args)
     assert again.exit_code == 0
     assert again.output.count("already finished") == 6  # five trained rows and stage 1
+
+
+# ---------------------------------------------------------------- schedules and the stage-2 step
+def test_warmup_poly_lr_and_ten_times_head_lr():
+    optim = load_config("smoke", overrides=["optim.lr=0.01", "optim.warmup=4", "optim.head_lr_mult=10",
+                                            "optim.power=0.9"]).optim
+    model = create_model("tiny", num_classes=3, base_width=4)
+    opt = engine.seg_optimizer(model, optim)
+    backbone, heads = opt.param_groups
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in model.backbone_parameters()}
+    assert {id(p) for p in heads["params"]} == {id(p) for p in model.head_parameters()}
+    assert len(backbone["params"]) + len(heads["params"]) == sum(p.requires_grad for p in model.parameters())
+    # Linear warm-up over the first 4 iterations, (i + 1) / 4 of lr; then lr * (1 - i / 100) ** 0.9.
+    expected = {0: 0.0025, 1: 0.005, 3: 0.01, 4: 0.0096392692, 50: 0.0053588673, 99: 0.00015848932}
+    for iteration, lr in expected.items():
+        engine.set_lr(opt, engine.poly_lr(optim.lr, iteration, 100, optim.power, optim.warmup))
+        assert backbone["lr"] == pytest.approx(lr, rel=1e-7), iteration
+        assert heads["lr"] == pytest.approx(10 * lr, rel=1e-7), iteration
+
+
+def test_adversarial_schedule_damps_and_preheats():
+    # CLAN: damping 1 - i / N; plain BCE (preheating) for the first 5% of N = 100 iterations.
+    assert stage2.adversarial_schedule(0, 100, damp=True, preheat=0.05) == (1.0, True)
+    assert stage2.adversarial_schedule(4, 100, damp=True, preheat=0.05) == (pytest.approx(0.96), True)
+    assert stage2.adversarial_schedule(5, 100, damp=True, preheat=0.05) == (pytest.approx(0.95), False)
+    assert stage2.adversarial_schedule(75, 100, damp=True, preheat=0.05) == (pytest.approx(0.25), False)
+    assert stage2.adversarial_schedule(75, 100, damp=False, preheat=0.05) == (1.0, False)
+    assert stage2.adversarial_schedule(75, 100, damp=True, preheat=0.0) == (pytest.approx(0.25), False)
+
+
+def test_discriminator_is_frozen_during_the_segmentation_update(monkeypatch):
+    torch.manual_seed(0)
+    cfg = load_config("smoke")
+    model = create_model("tiny", num_classes=3, base_width=4).train()
+    disc = build_discriminator(3, 4).train()
+    opt_seg = engine.seg_optimizer(model, cfg.optim)
+    opt_disc = torch.optim.Adam(disc.parameters(), lr=1e-2)
+    seen = {}
+    real_adversarial, real_discriminator = stage2.adversarial_loss, stage2.discriminator_loss
+
+    def adversarial(d_logits_trg, *args, **kwargs):
+        seen["d_trainable_in_adversarial"] = [p.requires_grad for p in disc.parameters()]
+        seen["adversarial_reaches_seg_net"] = d_logits_trg.requires_grad
+        return real_adversarial(d_logits_trg, *args, **kwargs)
+
+    def discriminator(*args, **kwargs):
+        # Every segmentation-side backward has run by now: none of it may have left a gradient in D.
+        seen["d_grads_before_d_loss"] = [p.grad for p in disc.parameters()]
+        seen["d_trainable_in_d_loss"] = [p.requires_grad for p in disc.parameters()]
+        seen["seg_grads_before_d_loss"] = [p.grad.clone() for p in model.head_parameters()]
+        return real_discriminator(*args, **kwargs)
+
+    monkeypatch.setattr(stage2, "adversarial_loss", adversarial)
+    monkeypatch.setattr(stage2, "discriminator_loss", discriminator)
+    disc_before = [p.detach().clone() for p in disc.parameters()]
+    images_src, images_trg = torch.randn(2, 3, 32, 64), torch.randn(2, 3, 32, 64)
+    labels_src = torch.randint(0, 3, (2, 32, 64))
+    amp_ctx, scaler = engine.autocast(torch.device("cpu"), "none"), engine.grad_scaler(torch.device("cpu"), "none")
+    stage2.train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_trg, cfg.adapt, 1.0, False,
+                      amp_ctx, scaler)
+
+    assert not any(seen["d_trainable_in_adversarial"]) and seen["adversarial_reaches_seg_net"]
+    assert all(g is None for g in seen["d_grads_before_d_loss"])
+    assert all(seen["d_trainable_in_d_loss"]) and all(p.requires_grad for p in disc.parameters())
+    # D's own loss trains D only (its inputs are detached): the segmentation gradients are those from before it.
+    for before, p in zip(seen["seg_grads_before_d_loss"], model.head_parameters()):
+        assert torch.equal(before, p.grad)
+    assert all(p.grad is not None for p in disc.parameters())
+    assert any(not torch.equal(a, p) for a, p in zip(disc_before, disc.parameters()))  # D stepped in its own update

@@ -20,44 +20,37 @@ from torch.utils.data import DataLoader, Dataset
 from . import distributed, labels
 from cirn.common.errors import CirnError
 from cirn.common.files import CITYSCAPES_IMAGE_SUFFIX, IMAGE_SUFFIXES
+from cirn.common.normalization import affine, check as check_normalization
 
 from .io import read_image, read_label
 
 # ---------------------------------------------------------------- normalisation
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB, on 0-1 values (torchvision weights)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)  # BGR, on 0-255 values (DeepLab-v2 caffe weights)
-NORMALIZATIONS = ("imagenet", "caffe", "tanh")  # tanh: [-1, 1] RGB, as CycleGAN generators expect
+def _affine_tensors(mode, like):
+    """common.normalization.affine(mode) as (bgr, scale, shift) with (3, 1, 1) tensors of `like`'s dtype/device."""
+    bgr, scale, shift = affine(mode)
+    return bgr, like.new_tensor(scale).view(3, 1, 1), like.new_tensor(shift).view(3, 1, 1)
 
 
-def _check_normalization(mode):
-    if mode not in NORMALIZATIONS:
-        raise CirnError(f"unknown normalization {mode!r}: expected one of {', '.join(NORMALIZATIONS)}")
+def normalize_tensor(x, mode):
+    """(..., 3, H, W) float RGB 0-255 tensor -> the same shape in `mode`'s convention; differentiable, the tensor
+    form of common.normalization.normalize_array."""
+    assert x.shape[-3] == 3, f"expected (..., 3, H, W) RGB, got {tuple(x.shape)}"
+    bgr, scale, shift = _affine_tensors(mode, x)
+    return (x.flip(-3) if bgr else x) * scale + shift
 
 
 def normalize(image, mode="imagenet"):
     """(H, W, 3) uint8 RGB -> (3, H, W) float32 tensor in the convention of the backbone's weights."""
-    _check_normalization(mode)
     image = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)  # (3, H, W) RGB 0-255
-    if mode == "imagenet":
-        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-        return (image / 255.0 - mean) / std
-    if mode == "caffe":
-        return image.flip(0) - torch.tensor(CAFFE_MEAN_BGR).view(3, 1, 1)  # RGB -> BGR, 0-255, no std
-    return image / 127.5 - 1.0
+    return normalize_tensor(image, mode)
 
 
 def denormalize(tensor, mode="imagenet"):
     """Inverse of normalize: (3, H, W) or (B, 3, H, W) tensor -> (H, W, 3) or (B, H, W, 3) uint8 RGB numpy."""
-    _check_normalization(mode)
     x = tensor.detach().float().cpu()
-    if mode == "imagenet":
-        x = (x * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) * 255.0
-    elif mode == "caffe":
-        x = (x + torch.tensor(CAFFE_MEAN_BGR).view(3, 1, 1)).flip(-3)  # BGR -> RGB
-    else:
-        x = (x + 1.0) * 127.5
+    bgr, scale, shift = _affine_tensors(mode, x)
+    x = (x - shift) / scale
+    x = x.flip(-3) if bgr else x  # BGR -> RGB
     x = x.clamp(0, 255).round().to(torch.uint8)
     return x.movedim(-3, -1).numpy()
 
@@ -114,7 +107,7 @@ class SegmentationDataset(Dataset, abc.ABC):
 
     def __init__(self, samples, size=None, flip=False, normalization="imagenet", label_size="image",
                  with_labels=True, max_images=0):
-        _check_normalization(normalization)
+        check_normalization(normalization)
         if label_size not in ("image", "original"):
             raise CirnError(f"label_size must be 'image' or 'original', got {label_size!r}")
         if size is not None and (len(size) != 2 or min(size) < 1):

@@ -1,12 +1,11 @@
-"""Shared plumbing of every training stage, written once: seeding, devices, schedules, checkpoints, logging.
+"""Shared plumbing of every training stage, written once: seeding, devices, schedules, logging, the loop.
 
-The stage modules (supervised.py, stage2.py, ...) each hold one explicit loop and call into this.
+The stage modules (supervised.py, stage2.py, ...) each hold one explicit loop and call into this; checkpoint.py
+reads and writes the checkpoints.
 """
 import json
 import math
-import os
 import random
-import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -15,13 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import distributed
-from .config import from_dict, save_config, to_dict
 from cirn.common.errors import CirnError
-from .io import atomic_path, atomic_write_text, write_error
 
-CHECKPOINT_FORMAT = "cirn-checkpoint"
-CHECKPOINT_VERSION = 1
+from . import distributed
+from .checkpoint import has_checkpoint, restore_training_state, save_model, save_training_state
+from .config import save_config
+from .io import atomic_write_text
 
 
 # ---------------------------------------------------------------- seeding and devices
@@ -32,24 +30,6 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def rng_state():
-    """Every RNG a training step touches, in a form torch.load(weights_only=True) accepts."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64))}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def resolve_device(spec):
@@ -97,94 +77,6 @@ def seg_optimizer(model, optim_cfg):
 def set_lr(optimizer, lr):
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_mult", 1.0)
-
-
-# ---------------------------------------------------------------- checkpoints
-def save_checkpoint(path, state):
-    """Atomic torch.save; the previous file at `path` is kept as `prev.pt` so a bad write can fall back."""
-    path = Path(path)
-    state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
-    with atomic_path(path) as tmp:
-        try:
-            torch.save(state, tmp)
-        except RuntimeError as err:
-            if "write" not in str(err).lower():
-                raise
-            raise write_error(path, err) from None  # torch's zip writer reports a full disk as a RuntimeError
-        if path.exists() and path.name == "last.pt":
-            _keep_as_previous(path)
-
-
-def _keep_as_previous(path):
-    """prev.pt := last.pt, with last.pt in place all the while (a hard link renamed over prev.pt, else a copy),
-    so a kill at any moment leaves a last.pt that --resume and the 'already holds a run' check both see."""
-    prev, link = path.with_name("prev.pt"), path.with_name(".prev.pt.link")
-    link.unlink(missing_ok=True)
-    try:
-        os.link(path, link)
-    except OSError:  # a filesystem without hard links
-        shutil.copy2(path, link)
-    os.replace(link, prev)
-
-
-def has_checkpoint(run_dir):
-    """Whether a run folder holds a training checkpoint to continue from (last.pt, or prev.pt alone)."""
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    return (ckpt_dir / "last.pt").exists() or (ckpt_dir / "prev.pt").exists()
-
-
-def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint of ours with weights_only=True: a file carrying pickled code is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise CirnError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            raise CirnError(f"checkpoint {path} holds pickled Python objects, not just tensors; refusing to load "
-                            "it (weights-only loading). Re-save it as a plain state dict.") from None
-        raise CirnError(f"checkpoint {path} is unreadable or truncated ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CirnError(f"{path} is not a cirn checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
-    return state
-
-
-def load_resume_state(run_dir):
-    """The newest readable checkpoint of a run: last.pt, else prev.pt (saying so), else an error."""
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    last, prev = ckpt_dir / "last.pt", ckpt_dir / "prev.pt"
-    if not last.exists() and not prev.exists():
-        raise CirnError(f"--resume: no checkpoint in {ckpt_dir}; run without --resume to start this run")
-    try:
-        return load_checkpoint(last)
-    except CirnError as err:
-        if not prev.exists():
-            raise
-        print(f"warning: {err}; resuming from the previous checkpoint {prev}", file=sys.stderr)
-        return load_checkpoint(prev)
-
-
-def model_meta(model, cfg):
-    """What a checkpoint needs to rebuild its network without the rest of the config."""
-    m = cfg.model
-    return {"name": m.name, "num_classes": m.num_classes, "num_attention": m.num_attention, "width": m.width,
-            "normalization": model.normalization}
-
-
-def check_model_meta(meta, model_cfg, path):
-    """A checkpoint of another architecture or class count is a clear error, not a state-dict key dump."""
-    for key in ("name", "num_classes", "num_attention", "width"):
-        if key == "width" and meta.get("name") != "tiny":
-            continue
-        want = getattr(model_cfg, key)
-        if meta.get(key) != want:
-            raise CirnError(f"checkpoint {path} has model.{key}={meta.get(key)!r} but this run uses {want!r}; "
-                            f"use a checkpoint of the same model or set model.{key}={meta.get(key)}")
-
-
-def config_of_checkpoint(state):
-    return from_dict(state["config"])
 
 
 # ---------------------------------------------------------------- run folder and logging
@@ -255,12 +147,7 @@ def check_finite(losses, iteration, run_dir):
                         "learning rate or check the data, then --resume")
 
 
-def config_digest(cfg):
-    import hashlib
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------- evaluation and training state
+# ---------------------------------------------------------------- evaluation and the loop
 class BestKeeper:
     """Evaluate on target val periodically; keep the best model as a self-describing `best.pt`."""
 
@@ -293,37 +180,6 @@ class BestKeeper:
 
     def load_state_dict(self, state):
         self.best, self.history = state["best"], state["history"]
-
-
-def save_model(path, model, cfg, **info):
-    """A model-only checkpoint (what export, the runtime and later stages load): weights, meta, config, scores."""
-    save_checkpoint(path, {"kind": "model", "model": model.state_dict(), "model_meta": model_meta(model, cfg),
-                           "config": to_dict(cfg), "config_digest": config_digest(cfg), **info})
-
-
-def save_training_state(run_dir, iteration, cfg, modules, extras):
-    """Everything needed to resume: module and optimiser states, RNGs, loader position, best score, config."""
-    state = {"kind": "training", "iteration": iteration, "config": to_dict(cfg), "rng": rng_state(),
-             "model_meta": model_meta(modules["model"], cfg),
-             "states": {name: m.state_dict() for name, m in modules.items()},
-             "extras": {name: e.state_dict() for name, e in extras.items()}}
-    save_checkpoint(Path(run_dir) / "checkpoints" / "last.pt", state)
-
-
-def restore_training_state(run_dir, cfg, modules, extras):
-    """Load the newest checkpoint into `modules`/`extras` (objects with load_state_dict); return its iteration."""
-    state = load_resume_state(run_dir)
-    check_model_meta(state["model_meta"], cfg.model, Path(run_dir) / "checkpoints")
-    missing = [n for n in modules if n not in state["states"]] + [n for n in extras if n not in state["extras"]]
-    if missing:
-        raise CirnError(f"checkpoint in {Path(run_dir) / 'checkpoints'} has no state for {', '.join(missing)}: it "
-                        "was written by another stage or an older cirn; start a new run instead of --resume")
-    for name, module in modules.items():
-        module.load_state_dict(state["states"][name])
-    for name, extra in extras.items():
-        extra.load_state_dict(state["extras"][name])
-    set_rng_state(state["rng"])
-    return state["iteration"]
 
 
 def train_loop(cfg, run_dir, modules, extras, step_fn, next_batch, keeper, resume, desc, quiet=False):
@@ -370,35 +226,3 @@ def write_summary(path, summary):
         atomic_write_text(path, json.dumps(summary, indent=2))
         return summary
     return distributed.on_main(write, lambda: json.loads(Path(path).read_text()))
-
-
-def load_model(path, device="cpu"):
-    """Rebuild the network of a cirn checkpoint (best.pt or a training last.pt) in eval mode; returns (model, state).
-
-    The state keeps `config` (the run's resolved config, as a dict) and `model_meta`.
-    """
-    from .config import ModelConfig
-    from .models import build_model
-    state = load_checkpoint(path)
-    meta = state["model_meta"]
-    model_cfg = ModelConfig(name=meta["name"], num_classes=meta["num_classes"],
-                            num_attention=meta["num_attention"], width=meta.get("width", 16))
-    model = build_model(model_cfg, load_weights=False)
-    _load_weights(model, state, path)
-    return model.to(device).eval(), state
-
-
-def init_from_checkpoint(model, path, model_cfg):
-    """Start a run from the weights of an earlier stage's checkpoint (same architecture and classes)."""
-    state = load_checkpoint(path)
-    check_model_meta(state["model_meta"], model_cfg, path)
-    _load_weights(model, state, path)
-    return state
-
-
-def _load_weights(model, state, path):
-    weights = state["model"] if state.get("kind") == "model" else state["states"]["model"]
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CirnError(f"checkpoint {path} does not fit the model it describes: {err}") from None

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from . import labels
 from .datasets import CITYSCAPES_IMAGE_SUFFIX, CITYSCAPES_LABEL_SUFFIX, cityscapes_label_files
 from cirn.common.errors import CirnError
 from .io import atomic_write_text, json_ready, read_label
+from .models import upsample
 
 IGNORE = labels.IGNORE_INDEX
 CITYSCAPES_MAX_LABEL_ID = 33  # labelIds 0..33 exist (license plate, -1, cannot be stored in a PNG)
@@ -205,7 +205,7 @@ def evaluate_model(model_fn, dataset, num_classes=labels.NUM_CLASSES, protocol=1
         logits = model_fn(images).float()  # (1, C, h', w')
         if logits.shape[1] != num_classes:
             raise CirnError(f"the model outputs {logits.shape[1]} classes but num_classes is {num_classes}")
-        logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
+        logits = upsample(logits, label.shape[-2:])
         confusion.update(logits.argmax(dim=1), label)
     return make_result(confusion, protocol, len(dataset))
 

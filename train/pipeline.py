@@ -18,7 +18,7 @@ import numpy as np
 
 from . import labels as L
 from . import distributed, stage1, stage2, stage3, supervised
-from .engine import has_checkpoint
+from .checkpoint import has_checkpoint
 from .io import atomic_write_text
 
 # The paper's Table 4 (GTA5 -> Cityscapes, 19 classes), for the chart.
@@ -101,7 +101,7 @@ def run(cfg, out, quiet=False):
 
 def build_ablation(best_paths, cfg):
     """Rows of Table 4 from each step's best checkpoint: mIoU, per-class IoU and the iteration it came from."""
-    from .engine import load_checkpoint
+    from .checkpoint import load_checkpoint
     rows = {}
     for row, path in best_paths.items():
         state = load_checkpoint(path)
@@ -155,7 +155,7 @@ def plot_examples(best_paths, cfg, intermediate, path, count=3):
     import torch
 
     from .datasets import GTA5Dataset, SynthiaDataset, build_source_dataset, build_val_dataset, denormalize
-    from .engine import load_model
+    from .checkpoint import load_model
     from .models import upsample
 
     source = build_source_dataset(cfg.data, "imagenet", intermediate=False, flip=False)

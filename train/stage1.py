@@ -23,65 +23,35 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import distributed, fda
-from .datasets import (CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD, build_source_dataset, build_target_dataset,
-                       denormalize, infinite_loader)
-from .distributed import average_gradients
-from .engine import (autocast, grad_scaler, load_model, prepare_run_dir, resolve_device, seed_everything, set_lr,
-                     train_loop)
+from .datasets import build_source_dataset, build_target_dataset, denormalize, infinite_loader, normalize_tensor
+from .distributed import average_gradients, global_count
+from .checkpoint import load_model
+from .engine import autocast, grad_scaler, prepare_run_dir, resolve_device, seed_everything, set_lr, train_loop
 from cirn.common.errors import CirnError
 from .io import atomic_write_bytes, atomic_write_text, write_png
-from .losses import seg_loss
+from .losses import gan_discriminator_loss, gan_loss, seg_loss, valid_pixels
 from .models.cyclegan import ImagePool, build_cyclegan
 
 MANIFEST = "intermediate.json"   # written last: a complete intermediate domain
 PARTIAL = "intermediate.partial"  # present while writing: whose folder it is, so a resume cannot mix translators
 
 
-# ---------------------------------------------------------------- losses
-def gan_loss(d_logits, real, mode="lsgan"):
-    """(B, 1, h, w) PatchGAN logits, target real (True) or fake (False) -> scalar.
-
-    lsgan: mean (D - 1)^2 or D^2 (CycleGAN's default); vanilla: BCE-with-logits against 1 or 0 (the paper's log loss).
-    """
-    assert d_logits.dim() == 4 and d_logits.shape[1] == 1, f"D logits {tuple(d_logits.shape)}"
-    target = torch.full_like(d_logits, 1.0 if real else 0.0)
-    if mode == "lsgan":
-        return F.mse_loss(d_logits, target)
-    if mode == "vanilla":
-        return F.binary_cross_entropy_with_logits(d_logits, target)
-    raise CirnError(f"unknown gan_mode {mode!r}: expected lsgan or vanilla")
-
-
-def discriminator_loss(d_logits_real, d_logits_fake, mode="lsgan"):
-    """(B, 1, h, w) logits on real and on (pooled, detached) fake images -> scalar 0.5 * (real term + fake term)."""
-    return 0.5 * (gan_loss(d_logits_real, True, mode) + gan_loss(d_logits_fake, False, mode))
-
-
+# ---------------------------------------------------------------- the frozen f_S of L_sem
 def to_seg_input(images, normalization):
     """(B, 3, H, W) RGB in [-1, 1] (a generator's output) -> the same pixels in f_S's input convention.
 
-    Differentiable (no rounding), so L_sem reaches G; it matches datasets.normalize on the 0-255 image.
+    Differentiable (no rounding), so L_sem reaches G; it is datasets.normalize on the 0-255 image.
     """
-    rgb = (images + 1.0) * 127.5  # (B, 3, H, W) RGB 0-255
-    if normalization == "imagenet":
-        mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
-        std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
-        return (rgb - mean) / std
-    if normalization == "caffe":
-        return rgb.flip(1) - images.new_tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)  # RGB -> BGR, 0-255
-    raise CirnError(f"the segmentation model's normalization {normalization!r} is not imagenet or caffe")
+    return normalize_tensor((images + 1.0) * 127.5, normalization)  # from (B, 3, H, W) RGB 0-255
 
 
-def semantic_consistency_loss(seg_model, images_fake_trg, labels_src):
-    """(B, 3, H, W) G(x_s) in [-1, 1], (B, H, W) source labels -> scalar CE of the frozen f_S on G(x_s).
+def seg_model_logits(seg_model, images_fake_trg):
+    """(B, 3, H, W) G(x_s) in [-1, 1] -> (B, C, h, w) float logits of the frozen f_S, whose CE is L_sem.
 
     f_S is in eval mode with requires_grad False: it is not trained, but the gradient flows through it into G.
     """
-    assert images_fake_trg.dim() == 4 and labels_src.dim() == 3, \
-        f"{tuple(images_fake_trg.shape)} images, {tuple(labels_src.shape)} labels"
-    assert images_fake_trg.shape[-2:] == labels_src.shape[-2:], "labels must be at the image size"
-    logits = seg_model.fused(to_seg_input(images_fake_trg, seg_model.normalization))  # (B, C, h, w)
-    return seg_loss(logits.float(), labels_src)
+    assert images_fake_trg.dim() == 4, f"{tuple(images_fake_trg.shape)} images"
+    return seg_model.fused(to_seg_input(images_fake_trg, seg_model.normalization)).float()
 
 
 # ---------------------------------------------------------------- schedule, data, bookkeeping
@@ -206,7 +176,9 @@ def train_step(nets, seg_model, opt_gen, opt_disc, pool_src, pool_trg, images_sr
             losses["loss_idt_trg"] = weight * F.l1_loss(nets.gen_s2t(images_trg), images_trg)
             losses["loss_idt_src"] = weight * F.l1_loss(nets.gen_t2s(images_src), images_src)
         if seg_model is not None:
-            losses["loss_sem"] = s1.lambda_sem * semantic_consistency_loss(seg_model, fake_trg, labels_src)
+            # L_sem: the CE of f_S on G(x_s) against the source labels, divided by the global valid-pixel count.
+            losses["loss_sem"] = s1.lambda_sem * seg_loss(seg_model_logits(seg_model, fake_trg), labels_src,
+                                                          global_count(valid_pixels(labels_src)))
     scaler.scale(sum(losses.values())).backward()
     average_gradients(nets.gen_s2t, nets.gen_t2s)  # under torchrun: the gradients of the global batch
     scaler.step(opt_gen)
@@ -215,10 +187,10 @@ def train_step(nets, seg_model, opt_gen, opt_disc, pool_src, pool_trg, images_sr
     opt_disc.zero_grad(set_to_none=True)
     with amp_ctx:
         # D learns on fakes from the history pool, not only the newest ones (pool.query detaches).
-        losses["loss_d_trg"] = discriminator_loss(nets.disc_trg(images_trg), nets.disc_trg(pool_trg.query(fake_trg)),
-                                                  mode)
-        losses["loss_d_src"] = discriminator_loss(nets.disc_src(images_src), nets.disc_src(pool_src.query(fake_src)),
-                                                  mode)
+        losses["loss_d_trg"] = gan_discriminator_loss(nets.disc_trg(images_trg),
+                                                      nets.disc_trg(pool_trg.query(fake_trg)), mode)
+        losses["loss_d_src"] = gan_discriminator_loss(nets.disc_src(images_src),
+                                                      nets.disc_src(pool_src.query(fake_src)), mode)
     scaler.scale(losses["loss_d_trg"] + losses["loss_d_src"]).backward()
     average_gradients(*discs)
     scaler.step(opt_disc)
@@ -287,7 +259,7 @@ def run(cfg, run_dir, resume=False, quiet=False, intermediate_out=None):
         keeper.add(losses)
         return losses
 
-    # "model" is the key train_loop checkpoints and evaluates; nets.normalization ('tanh') goes into model_meta.
+    # "model" is the key train_loop checkpoints and evaluates; checkpoint.model_meta describes the CycleGAN.
     modules = {"model": nets, "opt_gen": opt_gen, "opt_disc": opt_disc, "scaler": scaler}
     extras = {"batches_src": batches_src, "batches_trg": batches_trg, "pool_src": pool_src, "pool_trg": pool_trg}
     desc = "stage1 (cyclegan" + (" + semantic consistency)" if seg_model is not None else ")")

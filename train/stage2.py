@@ -7,18 +7,21 @@ import torch
 import torch.nn.functional as F
 
 from .datasets import build_train_dataset, build_val_dataset, infinite_loader
-from .distributed import average_gradients
+from .distributed import average_gradients, global_count
 from .engine import (BestKeeper, autocast, grad_scaler, poly_lr, prepare_run_dir, resolve_device,
                      seed_everything, seg_optimizer, set_lr, train_loop)
-from .losses import adversarial_loss, disagreement_map, discriminator_loss, seg_loss, weight_discrepancy
-from .models import build_discriminator, build_model
+from .losses import adversarial_loss, disagreement_map, discriminator_loss, seg_loss, valid_pixels, weight_discrepancy
+from .models import build_discriminator, build_model, upsample
 
 
-def loss_weights(adapt, iteration, iterations):
-    """CLAN's schedule: adversarial and discrepancy terms damped by (1 - i/N); plain BCE while preheating."""
-    damping = (1 - iteration / iterations) if adapt.damp else 1.0
-    preheat = iteration < adapt.preheat * iterations
-    return damping, preheat
+def adversarial_schedule(iteration, iterations, damp, preheat):
+    """CLAN's schedule at `iteration` of `iterations` -> (damping, preheating).
+
+    damping: the factor of the adversarial and discrepancy terms, (1 - i/N) when `damp`, else 1; preheating: whether
+    the adversarial terms are still plain BCE (the first `preheat` share of the iterations, no weight map).
+    """
+    damping = (1 - iteration / iterations) if damp else 1.0
+    return damping, iteration < preheat * iterations
 
 
 def train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_trg, adapt, damping, preheat,
@@ -31,16 +34,16 @@ def train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_tr
 
     with amp_ctx:
         out_src = model(images_src)
-    logits_src = (out_src.logits_c + out_src.logits_acm).float()  # (B, C, h, w)
-    loss_seg_src = seg_loss(logits_src, labels_src)
-    loss_weight = adapt.lambda_weight * damping * weight_discrepancy(model.classifier_c, model.classifier_acm)
-    scaler.scale(loss_seg_src + loss_weight).backward()
+    logits_src = out_src.fused.float()  # (B, C, h, w)
+    loss_seg_src = seg_loss(logits_src, labels_src, global_count(valid_pixels(labels_src)))
+    loss_discrepancy = adapt.lambda_weight * damping * weight_discrepancy(model.classifier_c, model.classifier_acm)
+    scaler.scale(loss_seg_src + loss_discrepancy).backward()
 
     size_trg = images_trg.shape[-2:]
     with amp_ctx:
         out_trg = model(images_trg)
-    logits_trg = (out_trg.logits_c + out_trg.logits_acm).float()
-    probs_trg = F.softmax(F.interpolate(logits_trg, size=size_trg, mode="bilinear", align_corners=False), dim=1)
+    logits_trg = out_trg.fused.float()
+    probs_trg = F.softmax(upsample(logits_trg, size_trg), dim=1)  # (B, C, H, W)
     weight_map = disagreement_map(out_trg.logits_c.float(), out_trg.logits_acm.float(), size_trg).detach()
     d_trg = disc(probs_trg)  # (B, 1, h', w')
     loss_adv_trg = adapt.lambda_adv * damping * adversarial_loss(
@@ -50,8 +53,7 @@ def train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_tr
     for p in disc.parameters():
         p.requires_grad_(True)
     size_src = images_src.shape[-2:]
-    probs_src = F.softmax(F.interpolate(logits_src.detach(), size=size_src, mode="bilinear", align_corners=False),
-                          dim=1)
+    probs_src = F.softmax(upsample(logits_src.detach(), size_src), dim=1)
     loss_d_src, loss_d_trg = discriminator_loss(disc(probs_src), disc(probs_trg.detach()),
                                                 None if preheat else weight_map,
                                                 lambda_cos=adapt.lambda_cos, eps=adapt.eps)
@@ -61,8 +63,8 @@ def train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_tr
     scaler.step(opt_disc)
     scaler.update()
     return {"loss_seg_src": loss_seg_src.item(), "loss_adv_trg": loss_adv_trg.item(),
-            "loss_weight": loss_weight.item(), "loss_d_src": loss_d_src.item(), "loss_d_trg": loss_d_trg.item(),
-            "disagreement": weight_map.mean().item()}
+            "loss_discrepancy": loss_discrepancy.item(), "loss_d_src": loss_d_src.item(),
+            "loss_d_trg": loss_d_trg.item(), "disagreement": weight_map.mean().item()}
 
 
 def run(cfg, run_dir, resume=False, quiet=False):
@@ -89,7 +91,7 @@ def run(cfg, run_dir, resume=False, quiet=False):
         lr = poly_lr(cfg.optim.lr, i, cfg.run.iterations, cfg.optim.power, cfg.optim.warmup)
         set_lr(opt_seg, lr)
         set_lr(opt_disc, poly_lr(cfg.optim.d_lr, i, cfg.run.iterations, cfg.optim.power, cfg.optim.warmup))
-        damping, preheat = loss_weights(cfg.adapt, i, cfg.run.iterations)
+        damping, preheat = adversarial_schedule(i, cfg.run.iterations, cfg.adapt.damp, cfg.adapt.preheat)
         return train_step(model, disc, opt_seg, opt_disc,
                           batch_src["image"].to(device), batch_src["label"].to(device),
                           batch_trg["image"].to(device), cfg.adapt, damping, preheat, amp_ctx, scaler)

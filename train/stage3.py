@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from . import labels as L
 from . import distributed, supervised
 from .datasets import build_target_dataset
-from .engine import has_checkpoint, load_model, resolve_device, write_summary
+from .checkpoint import has_checkpoint, load_model
+from .engine import resolve_device, write_summary
 from cirn.common.errors import CirnError
 from .io import atomic_write_text, write_png
 from .models import upsample

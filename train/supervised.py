@@ -2,32 +2,36 @@
 domain, when data.intermediate_root is set) and stage 3's fine-tuning on pseudo labels (with the labelled source or
 intermediate domain alongside, as CBST). One loop: segmentation CE on the fused C + ACM logits."""
 
-from .distributed import average_gradients
+from .distributed import average_gradients, global_count
 from .datasets import build_train_dataset, build_val_dataset, infinite_loader
-from .engine import (BestKeeper, autocast, grad_scaler, init_from_checkpoint, poly_lr, prepare_run_dir,
-                     resolve_device, seed_everything, seg_optimizer, set_lr, train_loop)
-from .losses import kld_regularizer, seg_loss
+from .checkpoint import init_from_checkpoint
+from .engine import (BestKeeper, autocast, grad_scaler, poly_lr, prepare_run_dir, resolve_device, seed_everything,
+                     seg_optimizer, set_lr, train_loop)
+from .losses import kld_regularizer, seg_loss, valid_pixels
 from .models import build_model
 
 
-def train_step(model, optimizer, images, labels, amp_ctx, scaler, second=None, kld_weight=0.0):
-    """One SGD step on a labelled batch; returns the named losses as floats. second: (images, labels, weight) of
-    a batch of another labelled set whose CE is added with that weight (loss_seg_second). kld_weight > 0 adds
-    CRST's MR-KLD regulariser on the first batch's labelled pixels (loss_kld)."""
+def train_step(model, optimizer, images, labels, amp_ctx, scaler, batch_src=None, kld_weight=0.0):
+    """One SGD step on a labelled batch; returns the named losses as floats. batch_src: (images, labels, weight) of
+    a batch of the labelled source (the intermediate domain when set) whose CE is added with that weight
+    (loss_seg_src: stage 3's CBST-style source term beside the pseudo labels). kld_weight > 0 adds CRST's MR-KLD
+    regulariser on the first batch's labelled pixels (loss_kld)."""
     def fused_logits(batch_images):
         with amp_ctx:
             out = model(batch_images)
-        return (out.logits_c + out.logits_acm).float()  # (B, C, h, w)
+        return out.fused.float()  # (B, C, h, w)
 
     logits = fused_logits(images)
-    loss_seg = seg_loss(logits, labels)
+    num_valid = global_count(valid_pixels(labels))  # under torchrun, the mean over the processes
+    loss_seg = seg_loss(logits, labels, num_valid)
     losses, total = {"loss_seg": loss_seg}, loss_seg
     if kld_weight > 0:
-        losses["loss_kld"] = kld_regularizer(logits, labels)
+        losses["loss_kld"] = kld_regularizer(logits, labels, num_valid)
         total = total + kld_weight * losses["loss_kld"]
-    if second is not None:
-        losses["loss_seg_second"] = seg_loss(fused_logits(second[0]), second[1])
-        total = total + second[2] * losses["loss_seg_second"]
+    if batch_src is not None:
+        images_src, labels_src, weight_src = batch_src
+        losses["loss_seg_src"] = seg_loss(fused_logits(images_src), labels_src, global_count(valid_pixels(labels_src)))
+        total = total + weight_src * losses["loss_seg_src"]
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(total).backward()
     average_gradients(model)  # under torchrun: the gradient of the global batch
@@ -64,11 +68,11 @@ def run(cfg, run_dir, domain="source", resume=False, quiet=False, init=None, sou
         batch, source = batches
         images = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W)
         labels = batch["label"].to(device, non_blocking=True)  # (B, H, W)
-        second = None
+        batch_src = None
         if source is not None:
-            second = (source["image"].to(device, non_blocking=True), source["label"].to(device, non_blocking=True),
-                      source_weight)
-        return train_step(model, optimizer, images, labels, amp_ctx, scaler, second, kld_weight)
+            batch_src = (source["image"].to(device, non_blocking=True),
+                         source["label"].to(device, non_blocking=True), source_weight)
+        return train_step(model, optimizer, images, labels, amp_ctx, scaler, batch_src, kld_weight)
 
     def next_batches():
         return next(batches), (next(extras["batches_source"]) if source_weight > 0 else None)

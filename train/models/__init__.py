@@ -9,13 +9,13 @@ from .discriminator import FCDiscriminator
 from .heads import DEEPLAB_DILATIONS, ASPPClassifier, upsample
 from .mobilenet import MOBILENET_DILATIONS, MobileNetV3Backbone
 from .pretrained import load_pretrained
-from .segnet import NORMALIZATIONS, FusedSegNet, SegNet, SegOutput
+from .segnet import SegNet, SegOutput, fuse
 from .summary import describe, summarize
 from .tiny import TINY_DILATIONS, TinyBackbone
 
 __all__ = [
-    "ASPPClassifier", "AttentionModule", "DEEPLAB_DILATIONS", "DeepLabResNet", "FCDiscriminator", "FusedSegNet",
-    "MOBILENET_DILATIONS", "MODEL_NAMES", "MobileNetV3Backbone", "NORMALIZATIONS", "SegNet", "SegOutput",
+    "ASPPClassifier", "AttentionModule", "DEEPLAB_DILATIONS", "DeepLabResNet", "FCDiscriminator",
+    "MOBILENET_DILATIONS", "MODEL_NAMES", "MobileNetV3Backbone", "SegNet", "SegOutput",
     "TINY_DILATIONS", "TinyBackbone", "build_discriminator", "build_model", "create_model",
-    "default_attention_scales", "describe", "feature_size", "load_pretrained", "summarize", "upsample",
+    "default_attention_scales", "describe", "feature_size", "fuse", "load_pretrained", "summarize", "upsample",
 ]

@@ -89,11 +89,12 @@ class CycleGAN(nn.Module):
 
     gen_s2t = G: S -> T, gen_t2s = F: T -> S, disc_src = D_S (real source vs F's output), disc_trg = D_T.
     """
-    # The input convention of the generators (datasets.normalize mode); checkpoints record it as model.normalization.
+    # The input convention of the generators (datasets.normalize mode); checkpoints record it in model_meta.
     normalization = "tanh"
 
     def __init__(self, ngf=64, ndf=64, n_blocks=9, disc_layers=3):
         super().__init__()
+        self.ngf, self.ndf, self.n_blocks, self.disc_layers = ngf, ndf, n_blocks, disc_layers  # for model_meta
         self.gen_s2t = ResnetGenerator(ngf, n_blocks)
         self.gen_t2s = ResnetGenerator(ngf, n_blocks)
         self.disc_src = PatchDiscriminator(ndf, disc_layers)

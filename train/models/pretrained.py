@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import torch
 
 from cirn.common.errors import CirnError
-from .segnet import NORMALIZATIONS
+from cirn.common.normalization import NORMALIZATIONS
 
 # Top-level names of classification heads in the files we read: torchvision ResNet (fc), torchvision MobileNet
 # (classifier), DeepLab init / CLAN (layer5, layer6), a cirn checkpoint (C, the ACM's classifier and attention).

@@ -3,26 +3,34 @@
     logits_c   = C(f)                                  f = backbone(x), (B, C_in, h, w)
     logits_acm = ACM(f) = cls_acm(f)                                    when K = 0
                         = sum_k cls_acm((1 + a_k(f)) * f)               otherwise
-    prediction = logits_c + logits_acm                 (the fused network: evaluation and export)
+    prediction = logits_c + logits_acm                 (`fuse`: what training, evaluation and export score)
 """
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from cirn.common.normalization import NORMALIZATIONS
+
 from .acm import AttentionModule, default_attention_scales
 from .heads import DEEPLAB_DILATIONS, ASPPClassifier
 
-# Input normalisation a backbone's weights expect; the data pipeline, checkpoints and export read model.normalization.
-#   imagenet: RGB, /255, minus mean (0.485, 0.456, 0.406), divided by std (0.229, 0.224, 0.225)  (torchvision)
-#   caffe:    BGR, 0-255, minus mean (104.00698793, 116.66876762, 122.67891434), no std  (DeepLab init file)
-NORMALIZATIONS = ("imagenet", "caffe")
+
+
+def fuse(logits_c, logits_acm):
+    """(B, C, h, w) x 2 -> (B, C, h, w) the network's prediction, C + ACM: the one definition of the fusion."""
+    return logits_c + logits_acm
 
 
 class SegOutput(NamedTuple):
     logits_c: torch.Tensor    # (B, C, h, w) classifier C, at feature resolution
     logits_acm: torch.Tensor  # (B, C, h, w) ancillary classifier module
     attention: torch.Tensor   # (B, K, h, w) attention maps in [0, 1]; K = 0 gives (B, 0, h, w)
+
+    @property
+    def fused(self):
+        """(B, C, h, w) fuse(logits_c, logits_acm), the prediction the losses train."""
+        return fuse(self.logits_c, self.logits_acm)
 
 
 class SegNet(nn.Module):
@@ -104,11 +112,13 @@ class SegNet(nn.Module):
     def fused(self, x):
         """(B, 3, H, W) -> (B, C, h, w) logits_c + logits_acm: the prediction evaluated and exported."""
         logits_c, logits_acm, _ = self._heads(self.backbone(x))
-        return logits_c + logits_acm
+        return fuse(logits_c, logits_acm)
 
-    # The input convention is stored as an index buffer so that it travels inside state_dict(): every checkpoint
-    # restores it with the weights. (A string in get_extra_state() would too, but breaks torch.jit.trace, which the
-    # TorchScript ONNX exporter uses.)
+    # The input normalisation the backbone's weights expect (common.normalization: imagenet for torchvision
+    # weights, caffe for the DeepLab init file); the data pipeline, checkpoints and export read it.
+    # It is stored as an index into NORMALIZATIONS, a buffer, so that it travels inside state_dict(): every
+    # checkpoint restores it with the weights. (A string in get_extra_state() would too, but breaks torch.jit.trace,
+    # which the TorchScript ONNX exporter uses.)
     @property
     def normalization(self):
         return NORMALIZATIONS[int(self.normalization_index)]
@@ -119,24 +129,3 @@ class SegNet(nn.Module):
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {value!r}")
         self.normalization_index.fill_(NORMALIZATIONS.index(value))
 
-
-class FusedSegNet(nn.Module):
-    """Inference view of a SegNet for evaluation and export: (B, 3, H, W) -> (B, C, h, w) fused logits.
-
-    Shares the SegNet's modules (no copy); one tensor out, no dicts, no data-dependent control flow.
-    """
-
-    def __init__(self, segnet):
-        super().__init__()
-        self.segnet = segnet
-
-    @property
-    def normalization(self):
-        return self.segnet.normalization
-
-    @property
-    def output_stride(self):
-        return self.segnet.output_stride
-
-    def forward(self, x):
-        return self.segnet.fused(x)
