@@ -60,3 +60,21 @@ def test_model_meta_names_the_network_and_load_model_refuses_a_cyclegan(tmp_path
         save_checkpoint(path, {"kind": "training", "model_meta": stamp, "states": {"model": nets.state_dict()}})
         with pytest.raises(CirnError, match="stage-1 CycleGAN checkpoint, not a segmentation model"):
             load_model(path)
+
+
+def test_rng_state_holds_the_run_device_only(monkeypatch):
+    """A CUDA run saves its own GPU's generator, not one per visible GPU, and restores it onto the device it resumes
+    on (fewer GPUs, another rank): no IndexError, no other GPU touched. Faked: this machine has no GPU."""
+    import torch
+
+    from cirn.train.checkpoint import rng_state, set_rng_state
+    saved, restored = torch.arange(4, dtype=torch.uint8), []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: saved + torch.device(device).index)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
+    state = rng_state(torch.device("cuda", 3))
+    assert torch.equal(state["cuda"], saved + 3) and "cuda" not in rng_state("cpu")
+    set_rng_state(state, torch.device("cuda", 0))
+    assert len(restored) == 1 and torch.equal(restored[0][0], saved + 3) and restored[0][1] == torch.device("cuda", 0)
+    set_rng_state({**state, "cuda": [saved, saved]}, torch.device("cuda", 0))  # an older file: a list per GPU
+    set_rng_state(state, "cpu")
+    assert len(restored) == 1

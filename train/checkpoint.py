@@ -195,27 +195,35 @@ def _load_weights(model, state, path):
 
 
 # ---------------------------------------------------------------- training state (last.pt)
-def rng_state():
-    """Every RNG a training step touches, in a form torch.load(weights_only=True) accepts."""
+def rng_state(device):
+    """Every RNG a training step touches, in a form torch.load(weights_only=True) accepts.
+
+    On CUDA only the run device's generator: a state per visible GPU would not fit a resume that sees fewer GPUs,
+    and under torchrun each process trains on its own GPU (every process starts from the same seed, so process 0's
+    state is every process's).
+    """
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64))}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state):
+def set_rng_state(state, device):
+    """Restore rng_state(...) onto this run's `device`."""
     torch.set_rng_state(state["torch"])
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if torch.device(device).type == "cuda" and isinstance(cuda, torch.Tensor):  # older files: a list per GPU
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def save_training_state(run_dir, iteration, cfg, modules, extras):
     """Everything needed to resume: module and optimiser states, RNGs, loader position, best score, config."""
-    state = {"kind": "training", "iteration": iteration, "config": to_dict(cfg), "rng": rng_state(),
+    device = next(modules["model"].parameters()).device
+    state = {"kind": "training", "iteration": iteration, "config": to_dict(cfg), "rng": rng_state(device),
              "model_meta": model_meta(modules["model"], cfg),
              "states": {name: m.state_dict() for name, m in modules.items()},
              "extras": {name: e.state_dict() for name, e in extras.items()}}
@@ -235,5 +243,5 @@ def restore_training_state(run_dir, cfg, modules, extras):
         module.load_state_dict(state["states"][name])
     for name, extra in extras.items():
         extra.load_state_dict(state["extras"][name])
-    set_rng_state(state["rng"])
+    set_rng_state(state["rng"], next(modules["model"].parameters()).device)
     return state["iteration"]
