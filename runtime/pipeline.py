@@ -187,17 +187,17 @@ def _progress(total, quiet):
                 smoothing=0.1, mininterval=0.5)
 
 
-def benchmark_inference(backend, source, size, stride=1, batch=1, max_bytes=BENCHMARK_MEMORY, files=None):
+def benchmark_inference(backend, source, size_hw, stride=1, batch=1, max_bytes=BENCHMARK_MEMORY, files=None):
     """The backend alone on the frames of `source` (decoded and resized into memory first, as much as max_bytes
     holds): {'frames', 'seconds', 'fps', 'latency_ms'} of one pass in batches of `batch`."""
     src = open_source(source, stride, "skip", files)
     try:
         if src.kind == "camera":
             raise CirnError("--benchmark needs a file source: a camera cannot be replayed")
-        limit = max(batch, max_bytes // (size[0] * size[1] * 3))
+        limit = max(batch, max_bytes // (size_hw[0] * size_hw[1] * 3))
         frames = []
         for frame in src:
-            frames.append(resize_frame(frame.image, size))
+            frames.append(resize_frame(frame.image, size_hw))
             if len(frames) >= limit:
                 break
     finally:
