@@ -162,9 +162,10 @@ def prepare(spec, work_dir, size_hw=None, batch=1, variants=VARIANTS, calib=None
     A checkpoint (or a model name) is exported here by cirn-export's own export_checkpoint with its parity check
     off: the check scores 20 target images in every precision before keeping anything, minutes for DeepLab at
     512x1024 and a likely INT8 failure for random weights; run_accuracy.py scores the exports instead. FP32
-    (dynamic when batch > 1) always; CPU INT8 for ort-cpu-int8; FP16, TensorRT's INT8 graph and the engines only
-    where a TensorRT variant can run. An .onnx model runs with the variants cirn-export wrote beside it
-    (model.int8.onnx, model.engine, ...); nothing is exported then.
+    (dynamic when batch > 1, its engines' profile then cirn-export's: optimal at batch 1, up to `batch`) always;
+    CPU INT8 for ort-cpu-int8; FP16, TensorRT's INT8 graph and the engines only where a TensorRT variant can run.
+    An .onnx model runs with the variants cirn-export wrote beside it (model.int8.onnx, model.engine, ...); nothing
+    is exported then.
     """
     from cirn.export.onnx_export import read_metadata
     from cirn.export.pipeline import ONNX_VARIANTS
