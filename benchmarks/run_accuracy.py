@@ -15,7 +15,9 @@ import time
 
 import numpy as np
 
-import common
+import measure
+import variants
+from report import log, markdown_table, run_script, short_reason, status_row, write_report
 
 COLUMNS = [("variant", "name", ""), ("backend", "label", ""), ("device", "device", ""),
            ("precision", "precision", ""), ("status", "status", ""), ("mIoU", "miou", ".2f"),
@@ -38,7 +40,7 @@ def parse_args(argv):
     parser.add_argument("--calib", default=None, help="INT8 calibration images (default: the target train split)")
     parser.add_argument("--calib-images", type=int, default=32, help="INT8 calibration images (cirn-export's "
                         "default)")
-    common.add_output_args(parser)
+    variants.add_output_args(parser)
     return parser.parse_args(argv)
 
 
@@ -50,18 +52,18 @@ def main(argv=None):
     from cirn.common.errors import CirnError
     from cirn.train.models import MODEL_NAMES
     args = parse_args(argv)
-    size = common.parse_size(args.height, args.width)
-    variants = common.selected(args.skip)
+    size_hw = variants.size_hw_of(args.height, args.width)
+    chosen = variants.selected(args.skip)
     threads = args.threads or available_cores()
-    env = common.environment(threads)
+    env = measure.environment(threads)
     spec = args.model or find_latest_checkpoint(args.runs_dir)
     if spec in MODEL_NAMES:
         raise CirnError(f"accuracy needs a trained checkpoint, not a model name ({spec}): train one (cirn-train "
                         "oracle) and pass its best.pt")
 
-    with common.work_dir(args.export_dir) as work:
-        prepared = common.prepare(spec, work, size, args.batch, variants, args.calib, args.calib_images,
-                                  args.runs_dir)
+    with variants.work_dir(args.export_dir) as work:
+        prepared = variants.prepare(spec, work, size_hw, args.batch, chosen, args.calib, args.calib_images,
+                                    args.runs_dir)
         data_cfg = (prepared.state or {}).get("config", {}).get("data", {})
         root = args.target_root or prepared.target_root()
         if root is None:
@@ -69,22 +71,22 @@ def main(argv=None):
             root = ensure_toy().cityscapes
         split = args.split or data_cfg.get("val_split", "val")
         protocol = data_cfg.get("protocol", 19)
-        height, width = prepared.size
+        height, width = prepared.size_hw
         frames = cityscapes_frames(root, split, (width, height), args.images)
-        common.log(f"scoring {prepared.source} on {len(frames)} images of {root} ({split}) at {height}x{width}")
+        log(f"scoring {prepared.source} on {len(frames)} images of {root} ({split}) at {height}x{width}")
         rows, reference = [], None
-        for variant in common.VARIANTS:  # torch-eager (the reference) first
-            row = common.status_row(variant, "skipped", "--skip")
-            if variant in variants and variant.name in prepared.missing:
-                row = common.status_row(variant, *prepared.missing[variant.name])
-            elif variant in variants:
-                common.log(f"  {variant.name}: {prepared.files[variant.name].name}")
-                row = common.status_row(variant, "ok")
+        for variant in variants.VARIANTS:  # torch-eager (the reference) first
+            row = status_row(variant, "skipped", "--skip")
+            if variant in chosen and variant.name in prepared.missing:
+                row = status_row(variant, *prepared.missing[variant.name])
+            elif variant in chosen:
+                log(f"  {variant.name}: {prepared.files[variant.name].name}")
+                row = status_row(variant, "ok")
                 try:
                     scores, labels = score(variant, prepared.files[variant.name], frames, args.batch, threads,
                                            protocol)
                     row.update(scores)
-                    if variant.name == common.REFERENCE:
+                    if variant.name == variants.REFERENCE:
                         reference = labels
                     if reference is not None:
                         same = sum(int((a == b).sum()) for a, b in zip(labels, reference, strict=True))
@@ -93,22 +95,23 @@ def main(argv=None):
                     row.update(status="failed", reason=f"{type(err).__name__}: {err}")
             rows.append(row)
 
-    miou_reference = next((r["miou"] for r in rows if r["name"] == common.REFERENCE and r["status"] == "ok"), None)
+    miou_reference = next((r["miou"] for r in rows if r["name"] == variants.REFERENCE and r["status"] == "ok"),
+                          None)
     for row in rows:
         if row["status"] == "ok" and miou_reference is not None:
             row["miou_change"] = row["miou"] - miou_reference
-        row["note"] = common.short_reason(row) if row["status"] != "ok" else f"scored in {row['seconds']:.1f} s"
+        row["note"] = short_reason(row) if row["status"] != "ok" else f"scored in {row['seconds']:.1f} s"
     report = {"model": {"source": prepared.source, "random_weights": prepared.random_weights},
               "data": {"root": str(root), "split": split, "images": len(frames), "protocol": protocol,
                        "height": height, "width": width, "batch": args.batch},
-              "reference": common.REFERENCE, "environment": env, "rows": rows}
-    table = common.markdown_table(rows, COLUMNS)
-    paths = common.write_report(args.out, "accuracy", report, table)
+              "reference": variants.REFERENCE, "environment": env, "rows": rows}
+    table = markdown_table(rows, COLUMNS)
+    paths = write_report(args.out, "accuracy", report, table)
     print(f"{prepared.source} on {len(frames)} images of {root} ({split}), {height}x{width}, "
           f"{protocol}-class mIoU\n\n{table}")
     if miou_reference is None:
-        print(f"no {common.REFERENCE} row: mIoU changes and label agreement are not computed")
-    common.log(f"wrote {', '.join(str(p) for p in paths.values())}")
+        print(f"no {variants.REFERENCE} row: mIoU changes and label agreement are not computed")
+    log(f"wrote {', '.join(str(p) for p in paths.values())}")
     return report
 
 
@@ -117,7 +120,7 @@ def score(variant, path, frames, batch, threads, protocol):
     from cirn.export.parity import _score  # the parity check's scoring: labels nearest-resized to each label
     from cirn.runtime import to_labels
     from cirn.train.evaluate import ConfusionMatrix
-    backend = common.open_variant(variant, path, threads, batch)
+    backend = variants.open_variant(variant, path, threads, batch)
     try:
         confusion = ConfusionMatrix(backend.metadata.num_classes)
         all_labels, start = [], time.perf_counter()
@@ -135,4 +138,4 @@ def score(variant, path, frames, batch, threads, protocol):
 
 
 if __name__ == "__main__":
-    common.run_script(main)
+    run_script(main)

@@ -12,19 +12,24 @@ frames until both --iterations calls and --seconds have passed. Per variant:
   them minus before loading (all allocators), at least torch's max allocated;
 - the model file's size;
 - achieved GFLOP/s (the fused network's forward GFLOPs from `summarize`, 2 x MAC, times FPS) as a percentage of the
-  device's peak, measured by an fp32 GEMM in the same run (median of its runs, before and after the variants,
-  averaged). Every CPU variant and the CPU GEMM use the same thread count (--threads).
+  device's measured peak: the fastest fp32 rate of this run, of PyTorch's and ONNX Runtime's fp32 GEMMs (median of
+  their runs, before and after the variants) and of the FP32 variants themselves, so an FP32 share is at most 100%
+  (FP16 and INT8 rows may pass it: their arithmetic is not fp32). Beside it, the CPU's theoretical fp32 FMA peak
+  (cores x clock x FMA units x lanes x 2, an estimate from /proc/cpuinfo). Every CPU variant and the CPU GEMMs use
+  the same thread count (--threads).
 A variant that cannot run here still gets a row with the reason.
 
 --model: a checkpoint, an exported .onnx (the variants cirn-export wrote beside it), or a model name
 (deeplabv2-r101, deeplabv2-r50, mobilenetv3, tiny): random weights, fine for speed. Checkpoints and names are
-exported here with the export library's functions (see common.prepare: no parity check). Writes latency.md, .csv,
-.json and .png to --out and prints the goal ratios.
+exported here by cirn-export's export_checkpoint with its parity check off (variants.prepare). Writes latency.md,
+.csv, .json and .png to --out and prints the goal ratios.
 """
 import argparse
 from pathlib import Path
 
-import common
+import measure
+import variants
+from report import log, markdown_table, run_script, short_reason, status_row, write_report
 
 QUICK = {"warmup": 1, "iterations": 5, "seconds": 0.5, "gemm_size": 1024, "gemm_runs": 5, "calib_images": 2,
          "timeout": 600}
@@ -37,7 +42,8 @@ GOALS = (
     ("ort_fp32_over_torch_eager", "ONNX Runtime FP32 / PyTorch eager speed-up (CPU)", 1.5, "x", "ort-cpu-fp32",
      "torch-eager"),
     ("int8_over_fp32", "ONNX Runtime INT8 / FP32 speed-up (CPU)", 1.8, "x", "ort-cpu-int8", "ort-cpu-fp32"),
-    ("onnx_fp32_over_gemm", "ONNX Runtime FP32 GFLOP/s / fp32 GEMM GFLOP/s (CPU)", 80.0, "%", "ort-cpu-fp32", None),
+    ("onnx_fp32_over_gemm", "ONNX Runtime FP32 GFLOP/s / the measured fp32 peak (CPU)", 80.0, "%", "ort-cpu-fp32",
+     None),
 )
 PEAK_GOAL = GOALS[2][2]
 
@@ -45,7 +51,8 @@ COLUMNS = [("variant", "name", ""), ("backend", "label", ""), ("device", "device
            ("precision", "precision", ""), ("status", "status", ""), ("p50 ms", "p50_ms", ".2f"),
            ("p90 ms", "p90_ms", ".2f"), ("p99 ms", "p99_ms", ".2f"), ("FPS", "fps", ".1f"),
            ("memory MB", "memory_mb", ".0f"), ("size MB", "size_mb", ".2f"), ("GFLOP/s", "gflops_per_s", ".1f"),
-           ("% of GEMM", "percent_of_peak", ".1f"), ("note", "note", "")]
+           ("% of peak", "percent_of_peak", ".1f"), ("% of FMA est.", "percent_of_fma_peak", ".1f"),
+           ("note", "note", "")]
 
 
 def parse_args(argv):
@@ -55,7 +62,7 @@ def parse_args(argv):
     parser.add_argument("--height", type=int, default=None, help="input height (default: the model's)")
     parser.add_argument("--width", type=int, default=None, help="input width (default: the model's)")
     parser.add_argument("--batch", type=int, default=1, help="frames per call")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads of every CPU variant and the GEMM "
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads of every CPU variant and the GEMMs "
                         "(default: the cores available)")
     parser.add_argument("--quick", action="store_true", help="few iterations, small GEMM, 2 calibration images")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up calls per variant")
@@ -65,7 +72,7 @@ def parse_args(argv):
                         "folder (default: the run's target train split, else the toy target)")
     parser.add_argument("--calib-images", type=int, default=None, help="INT8 calibration images")
     parser.add_argument("--timeout", type=int, default=None, help="seconds one variant may take")
-    common.add_output_args(parser)
+    variants.add_output_args(parser)
     args = parser.parse_args(argv)
     settings = dict(QUICK if args.quick else FULL)
     for key in ("warmup", "iterations", "seconds", "calib_images", "timeout"):
@@ -82,65 +89,72 @@ def main(argv=None):
 
     from cirn.runtime.backends import available_cores
     args, settings = parse_args(argv)
-    size = common.parse_size(args.height, args.width)
-    variants = common.selected(args.skip)
+    size_hw = variants.size_hw_of(args.height, args.width)
+    chosen = variants.selected(args.skip)
     threads = args.threads or available_cores()
-    env = common.environment(threads)
+    env = measure.environment(threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-    with common.work_dir(args.export_dir) as work:
-        prepared = common.prepare(args.model, work, size, args.batch, variants, args.calib,
-                                  settings["calib_images"], args.runs_dir)
+    with variants.work_dir(args.export_dir) as work:
+        prepared = variants.prepare(args.model, work, size_hw, args.batch, chosen, args.calib,
+                                    settings["calib_images"], args.runs_dir)
         gflops = prepared.gflops_per_frame()
-        common.log(f"benchmarking {prepared.source} at {prepared.size[0]}x{prepared.size[1]}, batch {args.batch}, "
-                   f"{threads} CPU threads")
+        height, width = prepared.size_hw
+        log(f"benchmarking {prepared.source} at {height}x{width}, batch {args.batch}, {threads} CPU threads")
         gemm = {"before": _gemm(devices, threads, settings)}
         rows = []
-        for variant in common.VARIANTS:
-            row = common.status_row(variant, "skipped", "--skip")
-            if variant in variants and variant.name in prepared.missing:
-                row = common.status_row(variant, *prepared.missing[variant.name])
-            elif variant in variants:
+        for variant in variants.VARIANTS:
+            row = status_row(variant, "skipped", "--skip")
+            if variant in chosen and variant.name in prepared.missing:
+                row = status_row(variant, *prepared.missing[variant.name])
+            elif variant in chosen:
                 path = prepared.files[variant.name]
-                common.log(f"  {variant.name}: {path.name}")
-                row = common.status_row(variant, "ok")
+                log(f"  {variant.name}: {path.name}")
+                row = status_row(variant, "ok")
                 row.update(size_mb=path.stat().st_size / 1e6,
-                           **common.measure_in_subprocess(variant, path, prepared.size, args.batch, threads,
-                                                          settings))
+                           **measure.measure_in_subprocess(variant, path, prepared.size_hw, args.batch, threads,
+                                                           settings))
             rows.append(row)
         gemm["after"] = _gemm(devices, threads, settings)
 
-    peak = {device: (gemm["before"][device] + gemm["after"][device]) / 2 for device in devices}
     for row in rows:
         row["note"] = _note(row)
         if row["status"] == "ok" and gflops is not None:
             row["gflops_per_s"] = gflops * row["fps"]
-            row["percent_of_peak"] = 100.0 * row["gflops_per_s"] / peak[row["device"]]
+    peaks = {device: measure.reference_peak(gemm.values(), rows, device) for device in devices}
+    fma_peak = measure.cpu_fp32_peak(threads)
+    for row in rows:
+        if row.get("gflops_per_s") is not None:
+            row["percent_of_peak"] = 100.0 * row["gflops_per_s"] / peaks[row["device"]][0]
+            if row["device"] == "cpu" and fma_peak["gflops"]:
+                row["percent_of_fma_peak"] = 100.0 * row["gflops_per_s"] / fma_peak["gflops"]
     goals = goal_ratios(rows)
     meta = (prepared.state or {}).get("model_meta", {})
     report = {"model": {"source": prepared.source, "name": meta.get("name"), "num_classes": meta.get("num_classes"),
                         "random_weights": prepared.random_weights, "gflops_per_frame": gflops},
-              "input": {"height": prepared.size[0], "width": prepared.size[1], "batch": args.batch},
+              "input": {"height": height, "width": width, "batch": args.batch},
               "settings": {**settings, "quick": args.quick}, "environment": env,
-              "gemm_gflops_per_s": {"before": gemm["before"], "after": gemm["after"], "peak": peak},
-              "goals": goals, "rows": rows}
-    table = common.markdown_table(rows, COLUMNS)
-    paths = common.write_report(args.out, "latency", report, table)
+              "gemm_gflops_per_s": {"before": gemm["before"], "after": gemm["after"],
+                                    "peak": {device: rate for device, (rate, _) in peaks.items()},
+                                    "peak_from": {device: source for device, (_, source) in peaks.items()}},
+              "cpu_fp32_fma_peak_estimate": fma_peak, "goals": goals, "rows": rows}
+    table = markdown_table(rows, COLUMNS)
+    paths = write_report(args.out, "latency", report, table)
     paths["png"] = Path(args.out) / "latency.png"
     plot(rows, paths["png"], title(report))
     print(summary(report, table))
-    common.log(f"wrote {', '.join(str(p) for p in paths.values())}")
+    log(f"wrote {', '.join(str(p) for p in paths.values())}")
     return report
 
 
 def _gemm(devices, threads, settings):
     sizes = {"cpu": (settings["gemm_size"], settings["gemm_runs"]), "cuda": (CUDA_GEMM["size"], CUDA_GEMM["runs"])}
-    return {device: common.peak_gemm_gflops(device, threads, *sizes[device]) for device in devices}
+    return {device: measure.gemm_gflops(device, threads, *sizes[device]) for device in devices}
 
 
 def _note(row):
     if row["status"] != "ok":
-        return common.short_reason(row)
+        return short_reason(row)
     return f"{row['iterations']} calls; load {row['load_s']:.1f} s, warm-up {row['warmup_s']:.1f} s"
 
 
@@ -178,20 +192,31 @@ def title(report):
 
 
 def summary(report, table):
-    """The printed result: what was measured, the table, the GEMM peaks and the goals."""
+    """The printed result: what was measured, the table, the measured and theoretical peaks and the goals."""
     gemm = report["gemm_gflops_per_s"]
     lines = [title(report), "", table, ""]
     for device in gemm["peak"]:
-        lines.append(f"fp32 GEMM peak ({device}): {gemm['peak'][device]:.1f} GFLOP/s (before the variants "
-                     f"{gemm['before'][device]:.1f}, after {gemm['after'][device]:.1f})")
+        before, after = gemm["before"][device], gemm["after"][device]
+        rates = ", ".join(f"{library} {_rate(before.get(library))} / {_rate(after.get(library))}"
+                          for library in dict.fromkeys([*before, *after]))
+        lines.append(f"fp32 GEMM ({device}), before / after the variants: {rates} GFLOP/s")
+        lines.append(f"measured fp32 peak ({device}): {gemm['peak'][device]:.1f} GFLOP/s, the fastest of this run "
+                     f"({gemm['peak_from'][device]}): the 100% of '% of peak'")
+    fma = report["cpu_fp32_fma_peak_estimate"]
+    lines.append(f"theoretical fp32 FMA peak (cpu): {fma['gflops']:.1f} GFLOP/s = {fma['how']}" if fma["gflops"]
+                 else f"theoretical fp32 FMA peak (cpu): {fma['how']}")
     gflops = report["model"]["gflops_per_frame"]
     lines.append(f"model forward: {gflops:.3f} GFLOP per frame" if gflops is not None else
                  "model forward GFLOPs unknown (no checkpoint): GFLOP/s not computed")
     lines += ["goals, measured in this run:"] + [_goal_line(g) for g in report["goals"].values()]
-    warning = common.shared_cpu_warning(report["environment"])
+    warning = measure.shared_cpu_warning(report["environment"])
     if warning:
         lines.append(warning)
     return "\n".join(lines)
+
+
+def _rate(gflops):
+    return "-" if gflops is None else f"{gflops:.1f}"
 
 
 def plot(rows, path, title_text):
@@ -223,7 +248,7 @@ def plot(rows, path, title_text):
     ax_fps.set_yticks(list(y), [r["name"] for r in rows])
     ax_fps.invert_yaxis()
     ax_fps.set_xlabel("frames per second (blue: CPU, green: GPU)")
-    ax_peak.set_xlabel("achieved GFLOP/s, % of the fp32 GEMM on the same device")
+    ax_peak.set_xlabel("achieved GFLOP/s, % of the measured fp32 peak on the same device")
     fig.suptitle(title_text, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -231,4 +256,4 @@ def plot(rows, path, title_text):
 
 
 if __name__ == "__main__":
-    common.run_script(main)
+    run_script(main)

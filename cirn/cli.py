@@ -323,7 +323,7 @@ def data_toy_video(out, frames, fps, seed, size, speed):
     from cirn.common.sizes import parse_size_wh
     from cirn.train import toy
     width, height = parse_size_wh(size, "--size")
-    result = toy.render_video(out, frames=frames, fps=fps, seed=seed, size=(width, height), speed=speed)
+    result = toy.render_video(out, frames=frames, fps=fps, seed=seed, size_wh=(width, height), speed=speed)
     click.echo(f"{result['frames']} frames ({width}x{height}, {result['fps']:g} fps, {result['metres']:.0f} m) -> "
                f"{result['video']}\nground truth: {result['root']}/gtFine/val (score with cirn-eval --target-root "
                f"{result['root']} --pred-dir LABELS)")

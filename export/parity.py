@@ -12,8 +12,6 @@ Floors (percent of pixels whose label matches PyTorch FP32):
   +-1 mIoU for int8 segmentation). Under 95 the calibration set or the quantised layers need attention.
 """
 import os
-import statistics
-import time
 
 import numpy as np
 import onnx
@@ -21,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from cirn.common.errors import CirnError
+from cirn.runtime.latency import measure_latency
 from cirn.runtime.ort import OrtSession
 from cirn.runtime.tensorrt import EngineRunner
 from cirn.train.evaluate import ConfusionMatrix, save_json
@@ -91,17 +90,9 @@ class EngineParityRunner:
 
 
 def median_latency(call, min_runs=5, min_seconds=0.5):
-    """Median ms of `call()` over at least min_runs calls and min_seconds, after two warm-up calls."""
-    for _ in range(2):
-        call()
-    times, start = [], time.perf_counter()
-    while len(times) < min_runs or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - t0) * 1000.0)
-        if len(times) >= 200:
-            break
-    return statistics.median(times)
+    """Median ms of `call()` over at least min_runs calls and min_seconds (at most 200), after two warm-up calls."""
+    timed = measure_latency(call, warmup=2, iterations=min_runs, seconds=min_seconds, max_iterations=200)
+    return timed["latency_ms"]["p50"]
 
 
 # ---------------------------------------------------------------- the check

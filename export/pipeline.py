@@ -82,7 +82,7 @@ def second_size(height, width, multiple=8):
 def export_checkpoint(checkpoint=None, out=None, *, height=None, width=None, output="labels", dynamic=False,
                       fp16=False, int8=False, fmt="onnx", exporter=DEFAULT_EXPORTER, input_dtype="uint8",
                       simplify=False, parity_root=None, parity_images=20, calib=None, calib_images=32,
-                      calibrate_method="minmax", floors=None, max_batch=4, runs_dir="runs", log=None):
+                      calibrate_method="minmax", floors=None, max_batch=4, runs_dir="runs", parity=True, log=None):
     """Export a checkpoint and check every variant against PyTorch; returns {'out', 'files', 'parity'}.
 
     checkpoint: a cirn checkpoint (best.pt); None = the newest best.pt under runs_dir.
@@ -95,6 +95,8 @@ def export_checkpoint(checkpoint=None, out=None, *, height=None, width=None, out
     parity_root: Cityscapes root whose val split scores parity (None = the run's target root, else the toy
         target); parity_images: how many images. floors: {'fp32'|'fp16'|'int8': minimum label agreement %}.
     max_batch: largest batch of a dynamic TensorRT profile. log: a callable for progress lines (None = silent).
+    parity: False skips the check (and parity.json, 'parity' is None): for the benchmarks, which time every
+        variant and score them on their own; a stale parity.json in `out` is removed with the files it described.
     """
     log = log or (lambda message: None)
     if fmt not in FORMATS:
@@ -122,13 +124,13 @@ def export_checkpoint(checkpoint=None, out=None, *, height=None, width=None, out
     precisions = ["fp32"] + (["fp16"] if fp16 else []) + (["int8"] if int8 else [])
     keys = precisions + (["int8-tensorrt"] if int8 and trt is not None else [])
 
-    if parity_root is None:
+    if parity_root is None and (parity or int8):  # the parity images, and INT8's default calibration images
         parity_root = data_cfg.get("target_root") or None
-    if parity_root is None:
-        from cirn.train.toy import ensure_toy
-        parity_root = ensure_toy().cityscapes
+        if parity_root is None:
+            from cirn.train.toy import ensure_toy
+            parity_root = ensure_toy().cityscapes
     split = data_cfg.get("val_split", "val")
-    frames = cityscapes_frames(parity_root, split, (width, height), parity_images)
+    frames = cityscapes_frames(parity_root, split, (width, height), parity_images) if parity else []
     calib_frames = calibration_frames(calib, (width, height), calib_images, parity_root) if int8 else []
     deploy = DeployModel(model, output)
     sizes = [(height, width)] + ([second_size(height, width, model.output_stride)] if dynamic else [])
@@ -168,29 +170,35 @@ def export_checkpoint(checkpoint=None, out=None, *, height=None, width=None, out
                                                 input_dtype, exporter, precision, quantization))
             onnx_files[key] = path
 
-        log(f"checking parity on {len(frames)} images of {parity_root} ({split})")
-        variants = [{"name": f"onnx-{key}", "precision": ONNX_VARIANTS[key][0], "file": path.name,
-                     "runner": OnnxRunner(path)} for key, path in onnx_files.items()]
-        report = check_parity(deploy, variants, frames, sizes, protocol, floors, batch)
+        report = None
+        if parity:
+            log(f"checking parity on {len(frames)} images of {parity_root} ({split})")
+            variants = [{"name": f"onnx-{key}", "precision": ONNX_VARIANTS[key][0], "file": path.name,
+                         "runner": OnnxRunner(path)} for key, path in onnx_files.items()]
+            report = check_parity(deploy, variants, frames, sizes, protocol, floors, batch)
         keep = [path.name for path in onnx_files.values()] if fmt in ("onnx", "all") else []
-        if trt is not None and report["passed"]:
+        if trt is not None and (report is None or report["passed"]):
             engine_report, engine_files = _export_engines(trt, deploy, onnx_files, precisions, tmp, out, frames,
                                                           calib_frames, sizes, protocol, floors, batch, dynamic,
-                                                          max_batch, height, width, log)
-            report["rows"] += engine_report["rows"]
-            report["passed"] = report["passed"] and engine_report["passed"]
+                                                          max_batch, height, width, log, parity)
+            if report is not None:
+                report["rows"] += engine_report["rows"]
+                report["passed"] = report["passed"] and engine_report["passed"]
             keep += engine_files
-        report.update(checkpoint=str(checkpoint), root=str(parity_root), split=split,
-                      int8_vs_fp32=_int8_summary(report, sizes[0]))
-        log(format_parity(report))
-        summary = report["int8_vs_fp32"]
-        if summary and summary["speedup"]:
-            log(f"INT8 vs FP32 in ONNX Runtime on this CPU: {summary['int8_ms']:.2f} vs {summary['fp32_ms']:.2f} "
-                f"ms/frame ({summary['speedup']:.2f}x), mIoU {summary['miou_int8']:.2f} vs "
-                f"{summary['miou_fp32']:.2f}")
-        require_parity(report)
-        save_report(report, tmp / REPORT_NAME)
-        keep.append(REPORT_NAME)
+        if report is not None:
+            report.update(checkpoint=str(checkpoint), root=str(parity_root), split=split,
+                          int8_vs_fp32=_int8_summary(report, sizes[0]))
+            log(format_parity(report))
+            summary = report["int8_vs_fp32"]
+            if summary and summary["speedup"]:
+                log(f"INT8 vs FP32 in ONNX Runtime on this CPU: {summary['int8_ms']:.2f} vs "
+                    f"{summary['fp32_ms']:.2f} ms/frame ({summary['speedup']:.2f}x), mIoU {summary['miou_int8']:.2f} "
+                    f"vs {summary['miou_fp32']:.2f}")
+            require_parity(report)
+            save_report(report, tmp / REPORT_NAME)
+            keep.append(REPORT_NAME)
+        else:
+            (out / REPORT_NAME).unlink(missing_ok=True)  # it described the files replaced now
         for name in keep:
             os.replace(tmp / name, out / name)
         log(f"wrote {', '.join(keep)} to {out}")
@@ -205,10 +213,11 @@ def export_checkpoint(checkpoint=None, out=None, *, height=None, width=None, out
 
 
 def _export_engines(trt, deploy, onnx_files, precisions, tmp, out, frames, calib_frames, sizes, protocol, floors,
-                    batch, dynamic, max_batch, height, width, log):
-    """Build one engine per precision into tmp, check them like the ONNX files; returns (report, file names)."""
-    from .tensorrt import (ENGINE_NAMES, TIMING_CACHE_NAME, build_engine, engine_onnx, profile_shapes, trt_generation,
-                           write_engine_metadata)
+                    batch, dynamic, max_batch, height, width, log, parity=True):
+    """Build one engine per precision into tmp, check them like the ONNX files (unless `parity` is False: the
+    report is then None); returns (report, file names)."""
+    from .tensorrt import (ENGINE_NAMES, TIMING_CACHE_NAME, build_engine, engine_onnx, profile_shapes,
+                           trt_generation, write_engine_metadata)
     generation = trt_generation(trt.__version__)
     profile = profile_shapes(height, width, dynamic, max_batch=max_batch, multiple=deploy.segnet.output_stride)
     timing_cache = tmp / TIMING_CACHE_NAME
@@ -223,9 +232,10 @@ def _export_engines(trt, deploy, onnx_files, precisions, tmp, out, frames, calib
         metadata = read_metadata(source)
         sidecar = write_engine_metadata(engine, metadata, info)
         files += [engine.name, sidecar.name] + ([info["calibration_cache"]] if info["calibration_cache"] else [])
-        variants.append({"name": f"trt-{precision}", "precision": precision, "file": engine.name,
-                         "runner": EngineParityRunner(engine, deploy.output)})
-    return check_parity(deploy, variants, frames, sizes, protocol, floors, batch), files
+        if parity:
+            variants.append({"name": f"trt-{precision}", "precision": precision, "file": engine.name,
+                             "runner": EngineParityRunner(engine, deploy.output)})
+    return (check_parity(deploy, variants, frames, sizes, protocol, floors, batch) if parity else None), files
 
 
 def _int8_summary(report, size):

@@ -39,6 +39,7 @@ from cirn.common.files import json_ready
 from cirn.common.sizes import parse_size_wh
 
 from .backends import available_cores, to_labels
+from .latency import measure_latency, percentiles
 from .outputs import Outputs, resize_frame, write_atomically
 from .sources import BadFrame, open_source
 
@@ -94,15 +95,6 @@ def inference_size_hw(metadata, imgsz=None):
         raise CirnError(f"--imgsz {width}x{height}: the model is a static export that takes "
                         f"{model_width}x{model_height} frames only; drop --imgsz, or re-export with --dynamic")
     return height, width
-
-
-def percentiles(values_ms):
-    """{'p50', 'p90', 'p99', 'mean', 'max'} of a list of milliseconds (None when empty)."""
-    if not values_ms:
-        return None
-    values = np.asarray(values_ms)
-    return {"p50": float(np.percentile(values, 50)), "p90": float(np.percentile(values, 90)),
-            "p99": float(np.percentile(values, 99)), "mean": float(values.mean()), "max": float(values.max())}
 
 
 def _rate(frames, seconds):
@@ -200,14 +192,11 @@ def benchmark_inference(backend, source, size_hw, stride=1, batch=1, max_bytes=B
     finally:
         src.close()
     frames = np.stack(frames)  # (N, H, W, 3)
-    latencies, start = [], time.perf_counter()
-    for i in range(0, len(frames), batch):
-        t0 = time.perf_counter()
-        to_labels(backend(frames[i:i + batch]))
-        latencies.append((time.perf_counter() - t0) * 1000.0)
-    seconds = time.perf_counter() - start
-    return {"frames": len(frames), "seconds": seconds, "fps": _rate(len(frames), seconds),
-            "latency_ms": percentiles(latencies)}
+    batches = [frames[i:i + batch] for i in range(0, len(frames), batch)]  # views, not copies
+    pending = iter(batches)
+    timing = measure_latency(lambda: to_labels(backend(next(pending))), iterations=len(batches))  # each batch once
+    return {"frames": len(frames), "seconds": timing["seconds"], "fps": _rate(len(frames), timing["seconds"]),
+            "latency_ms": timing["latency_ms"]}
 
 
 def run(source, backend, out=None, labels_dir=None, npz=None, summary=None, batch=1, stride=1, imgsz=None,

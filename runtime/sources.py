@@ -25,7 +25,7 @@ import numpy as np
 from cirn.common.files import CITYSCAPES_IMAGE_SUFFIX, IMAGE_SUFFIXES
 from cirn.common.errors import CirnError
 
-SEQUENCE = 0  # the Cityscapes sequence number in a video's frame names (toy.CLIP_SEQUENCE)
+SEQUENCE = 0  # the Cityscapes sequence number in a video's frame names (toy.video.CLIP_SEQUENCE)
 BAD_FRAME_POLICIES = ("stop", "skip", "fail")
 MAX_BAD_IN_A_ROW = 50  # this many undecodable frames in a row end a video (a truncated file, not a glitch)
 

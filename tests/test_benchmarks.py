@@ -22,11 +22,12 @@ FAST = ["--quick", "--warmup", "1", "--iterations", "3", "--seconds", "0", "--ca
 
 @pytest.fixture(scope="module")
 def bench():
-    """The benchmark scripts as modules (they import their `common` from benchmarks/, as when run as scripts)."""
+    """The benchmark scripts as modules (they import variants, measure and report from benchmarks/, as when run as
+    scripts)."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        yield {name: importlib.import_module(name) for name in ("common", "run_latency", "run_accuracy",
-                                                                       "pseudo_labels")}
+        yield {name: importlib.import_module(name) for name in ("variants", "measure", "report", "run_latency",
+                                                                "run_accuracy", "pseudo_labels")}
     finally:
         sys.path.remove(str(BENCHMARKS))
 
@@ -42,7 +43,7 @@ def latency(bench, checkpoint, tmp_path_factory):
 
 def test_latency_writes_every_row_and_file(bench, latency):
     report, out, _ = latency
-    names = [v.name for v in bench["common"].VARIANTS]
+    names = [v.name for v in bench["variants"].VARIANTS]
     assert [r["name"] for r in report["rows"]] == names
     for row in report["rows"]:
         assert row["status"] in STATUSES
@@ -56,6 +57,14 @@ def test_latency_writes_every_row_and_file(bench, latency):
         assert row["gflops_per_s"] == pytest.approx(report["model"]["gflops_per_frame"] * row["fps"])
         assert row["percent_of_peak"] == pytest.approx(
             100 * row["gflops_per_s"] / report["gemm_gflops_per_s"]["peak"]["cpu"])
+        if row["precision"] == "fp32":  # the peak is the fastest fp32 rate of the run, these rows included
+            assert row["percent_of_peak"] <= 100 + 1e-9
+    gemm = report["gemm_gflops_per_s"]
+    assert {"torch", "onnxruntime"} <= set(gemm["before"]["cpu"]) and set(gemm["after"]["cpu"]) == set(
+        gemm["before"]["cpu"])
+    assert gemm["peak"]["cpu"] >= max(*gemm["before"]["cpu"].values(), *gemm["after"]["cpu"].values())
+    fma = report["cpu_fp32_fma_peak_estimate"]
+    assert fma["gflops"] is None or fma["gflops"] > 0 and "estimate" in fma["how"]
     assert rows["torch-compile"]["status"] == "skipped"
     if not torch.cuda.is_available():
         for name in ("torch-eager-cuda", "ort-cuda-fp32", "ort-trt-fp16", "trt-fp32", "trt-fp16", "trt-int8"):
@@ -99,6 +108,31 @@ def test_goal_ratios_by_hand(bench):
     assert goals["onnx_fp32_over_gemm"]["value"] == 50.0 and goals["onnx_fp32_over_gemm"]["met"] is False
 
 
+def test_theoretical_fma_peak_by_hand(bench):
+    measure = bench["measure"]
+    assert measure.vector_floats("fpu sse sse2 avx fma avx2 avx512f avx512dq".split()) == 16
+    assert measure.vector_floats("fpu sse sse2 avx fma avx2".split()) == 8
+    assert measure.vector_floats(["fp", "asimd"]) == 4 and measure.vector_floats(["fpu"]) is None
+    assert measure.fma_peak_gflops(2, 2100, 16) == pytest.approx(2 * 2.1 * 2 * 16 * 2)  # 268.8
+    assert measure.fma_peak_gflops(4, 3000, 8, fma_units=1) == pytest.approx(192.0)
+    here = measure.cpu_fp32_peak(threads=1)
+    assert here["cores"] == 1 and (here["gflops"] is None or here["gflops"] == pytest.approx(
+        measure.fma_peak_gflops(1, here["mhz"], here["floats"])))
+
+
+def test_the_reference_peak_is_the_fastest_fp32_rate_of_the_run(bench):
+    reference_peak = bench["measure"].reference_peak
+    gemms = [{"cpu": {"torch": 100.0, "onnxruntime": 150.0}}, {"cpu": {"torch": 110.0, "onnxruntime": 140.0}}]
+    rows = [{"name": "ort-cpu-fp32", "device": "cpu", "precision": "fp32", "gflops_per_s": 180.0},
+            {"name": "ort-cpu-int8", "device": "cpu", "precision": "int8", "gflops_per_s": 400.0},
+            {"name": "torch-eager-cuda", "device": "cuda", "precision": "fp32", "gflops_per_s": 5000.0},
+            {"name": "torch-eager", "device": "cpu", "precision": "fp32", "gflops_per_s": None}]
+    assert reference_peak(gemms, rows, "cpu") == (180.0, "variant ort-cpu-fp32")
+    assert reference_peak(gemms, rows[1:], "cpu") == (150.0, "onnxruntime fp32 GEMM")  # INT8 is not fp32
+    assert reference_peak([], rows, "cuda") == (5000.0, "variant torch-eager-cuda")
+    assert reference_peak([], [], "cpu") == (None, None)
+
+
 def test_accuracy_torch_and_onnx_fp32_agree(bench, checkpoint, tmp_path):
     report = bench["run_accuracy"].main(["--model", str(checkpoint), "--out", str(tmp_path), "--calib-images", "2",
                                          "--skip", "torch-compile", "--skip", "torch-compile-cuda"])
@@ -110,7 +144,7 @@ def test_accuracy_torch_and_onnx_fp32_agree(bench, checkpoint, tmp_path):
     assert onnx_fp32["miou_change"] == pytest.approx(0.0, abs=1e-9) and onnx_fp32["agreement"] == 100.0
     assert 0 <= onnx_int8["agreement"] <= 100
     saved = json.loads((tmp_path / "accuracy.json").read_text())
-    assert [r["name"] for r in saved["rows"]] == [v.name for v in bench["common"].VARIANTS]
+    assert [r["name"] for r in saved["rows"]] == [v.name for v in bench["variants"].VARIANTS]
     assert (tmp_path / "accuracy.csv").is_file() and (tmp_path / "accuracy.md").is_file()
 
 

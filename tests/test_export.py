@@ -257,6 +257,19 @@ def test_parity_gate_catches_a_real_divergence(checkpoint, tmp_path, monkeypatch
     assert not out.exists()
 
 
+def test_parity_off_exports_without_checking(checkpoint, tmp_path, monkeypatch):
+    """The benchmarks' export: no parity images read, no floor applied, no parity.json (a stale one goes)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "parity.json").write_text("{}")
+    monkeypatch.setattr("cirn.export.pipeline.cityscapes_frames", lambda *args, **kwargs: pytest.fail("read images"))
+    result = export_checkpoint(checkpoint, out, fp16=True, exporter="torchscript", floors={"fp16": 100.1},
+                               parity=False)
+    assert result["parity"] is None
+    assert sorted(p.name for p in out.iterdir()) == ["model.fp16.onnx", "model.onnx"]
+    assert read_metadata(out / "model.fp16.onnx")["precision"] == "fp16"
+
+
 def test_no_checkpoint_says_to_train_first(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(export_main, [])

@@ -35,7 +35,7 @@ def onnx_dynamic(checkpoint):
 def clip(tmp_path_factory):
     """An 8-frame toy dashcam clip at 64x32 with its ground truth."""
     out = tmp_path_factory.mktemp("clip") / "drive.mp4"
-    return toy.render_video(out, frames=8, fps=10, size=(64, 32))
+    return toy.render_video(out, frames=8, fps=10, size_wh=(64, 32))
 
 
 def val_frames(toy_data, size=(64, 32), count=4):
@@ -360,13 +360,13 @@ def test_toy_video_is_a_deterministic_drive(tmp_path, clip):
     labels = _clip_labels(clip)
     assert [p.name for p in labels][:2] == ["drive_000000_000000_gtFine_labelIds.png",
                                             "drive_000000_000001_gtFine_labelIds.png"]
-    again = toy.render_video(tmp_path / "drive.mp4", frames=8, fps=10, size=(64, 32))
+    again = toy.render_video(tmp_path / "drive.mp4", frames=8, fps=10, size_wh=(64, 32))
     for a, b in zip(_clip_labels(clip), _clip_labels(again), strict=True):
         assert a.read_bytes() == b.read_bytes()
     first, last = (LABELID_TO_TRAINID[cv2.imread(str(p), cv2.IMREAD_UNCHANGED)] for p in (labels[0], labels[-1]))
     assert not np.array_equal(first, last)  # the camera moved
     # one look for the whole clip (scalars), new noise every frame (arrays)
-    a, b = toy._ClipCamera(0, 0), toy._ClipCamera(0, 1)
+    a, b = toy.video._ClipCamera(0, 0), toy.video._ClipCamera(0, 1)
     assert a.uniform(0, 1) == b.uniform(0, 1) and a.normal(0, 1, 3).tolist() == b.normal(0, 1, 3).tolist()
     assert not np.array_equal(a.standard_normal((8, 8)), b.standard_normal((8, 8)))
 

@@ -15,7 +15,7 @@ from cirn.train.io import read_image, read_label
 from cirn.train.labels import (CITYSCAPES_LABEL_IDS, LABELID_TO_TRAINID, SYNTHIA_ID_TO_TRAINID, SYNTHIA_TO_TRAINID,
                                colorize)
 
-TINY = dict(num_source=4, num_train=3, num_val=2, source_size=(64, 36), target_size=(64, 32))
+TINY = dict(num_source=4, num_train=3, num_val=2, source_size_wh=(64, 36), target_size_wh=(64, 32))
 THINGS = {11, 12, 13, 14, 15, 16, 17, 18}  # person ... bicycle: the classes with instance ids
 
 
@@ -163,7 +163,7 @@ def test_a_rerun_is_skipped_and_a_change_regenerates_and_prunes(tmp_path):
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
-    real = toy._render_task
+    real = toy.dataset._render_task
     calls = []
 
     def crash_after_three(job, task):
@@ -172,11 +172,11 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, monkeypatch):
         calls.append(task)
         real(job, task)
 
-    monkeypatch.setattr(toy, "_render_task", crash_after_three)
+    monkeypatch.setattr(toy.dataset, "_render_task", crash_after_three)
     with pytest.raises(KeyboardInterrupt):
         toy.generate(tmp_path, workers=1, **TINY)
     assert not (tmp_path / "toy.json").exists()
-    monkeypatch.setattr(toy, "_render_task", real)
+    monkeypatch.setattr(toy.dataset, "_render_task", real)
     summary = toy.generate(tmp_path, workers=1, **TINY)
     total = TINY["num_source"] + TINY["num_train"] + TINY["num_val"]
     assert f"{total - 3} images rendered" in summary
@@ -194,8 +194,8 @@ def test_adding_the_synthia_layout_keeps_the_rest(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [
-    {"num_source": 0}, {"num_train": -1}, {"num_val": 1.5}, {"source_size": (16, 9)}, {"target_size": (256,)},
-    {"target_size": (64, 10000)}, {"fmt": "png"}, {"seed": -1}, {"workers": 0},
+    {"num_source": 0}, {"num_train": -1}, {"num_val": 1.5}, {"source_size_wh": (16, 9)}, {"target_size_wh": (256,)},
+    {"target_size_wh": (64, 10000)}, {"fmt": "png"}, {"seed": -1}, {"workers": 0},
 ])
 def test_bad_arguments_raise_a_clear_error(tmp_path, bad):
     with pytest.raises(CirnError):
@@ -220,7 +220,7 @@ def test_default_root_follows_cirn_data(tmp_path, monkeypatch):
 def test_ensure_toy_generates_on_first_use_only(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CIRN_DATA", str(tmp_path))
     real = toy.generate
-    monkeypatch.setattr(toy, "generate", lambda root, **kwargs: real(root, **{**kwargs, **TINY, "workers": 1}))
+    monkeypatch.setattr(toy.dataset, "generate", lambda root, **kwargs: real(root, **{**kwargs, **TINY, "workers": 1}))
     paths = toy.ensure_toy()
     assert "generating the toy dataset" in capsys.readouterr().err
     assert paths == toy.ToyPaths(tmp_path / "toy", tmp_path / "toy/gta5", None, tmp_path / "toy/cityscapes")
