@@ -237,7 +237,8 @@ def prepare(spec, work_dir, size=None, batch=1, variants=VARIANTS, calib=None, c
         if onnx_model is not None:
             size = tuple(read_metadata(onnx_model)["input_size"])
         else:
-            width, height = state["config"].get("data", {}).get("target_size", (256, 128))
+            data = state["config"].get("data", {})
+            width, height = data.get("target_size_wh", data.get("target_size", (256, 128)))  # older runs: target_size
             size = (int(height), int(width))
     source = f"{state['model_meta']['name']} (random weights)" if random_weights else str(onnx_model or checkpoint)
     prepared = Prepared(source, checkpoint, state, tuple(size), random_weights, {}, {})
@@ -437,7 +438,7 @@ def measure_latency(job):
         torch.cuda.init()
         gpu_used_before = _gpu_used()  # after the CUDA context: the context is not the variant's memory
     # Libraries load before the baseline: their code is not the variant's memory.
-    import cirn.export  # noqa: F401
+    import cirn.export.pipeline  # noqa: F401
     import cirn.runtime  # noqa: F401
     import cirn.train.engine  # noqa: F401
     __import__({"checkpoint": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}[variant.fmt])

@@ -15,7 +15,7 @@ from cirn.train.datasets import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD
 from cirn.common.errors import CirnError
 from cirn.train.models import upsample
 
-OUTPUTS = ("labels", "probs", "logits")
+from .choices import OUTPUTS
 
 
 def normalization_constants(normalization):

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from cirn.common.errors import CirnError
 from cirn.train.evaluate import ConfusionMatrix, save_json
 
+from .choices import DEFAULT_FLOORS
 from .frames import to_frame
 
-DEFAULT_FLOORS = {"fp32": 99.9, "fp16": 98.0, "int8": 95.0}
 _HEAD_OPS = ("ArgMax", "Cast", "Softmax")  # what follows the upsampled logits in each output kind
 
 

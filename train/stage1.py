@@ -26,8 +26,8 @@ from . import distributed, fda
 from .datasets import (CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD, build_source_dataset, build_target_dataset,
                        denormalize, infinite_loader)
 from .distributed import average_gradients
-from .engine import (autocast, grad_scaler, load_model, prepare_run_dir, resolve_device, seed_everything, set_lr,
-                     train_loop)
+from .engine import (autocast, grad_scaler, load_model, open_run_dir, prepare_run_dir, resolve_device,
+                     seed_everything, set_lr, train_loop)
 from cirn.common.errors import CirnError
 from .io import atomic_write_bytes, atomic_write_text, write_png
 from .losses import seg_loss
@@ -100,8 +100,8 @@ class RandomCrop(Dataset):
     from the flip's default_rng(seed): crops replay exactly on resume, whatever the number of workers.
     """
 
-    def __init__(self, dataset, size):
-        self.dataset, self.size = dataset, tuple(size)
+    def __init__(self, dataset, size_wh):
+        self.dataset, self.size_wh = dataset, tuple(size_wh)
 
     @property
     def skipped(self):
@@ -115,7 +115,7 @@ class RandomCrop(Dataset):
         seed = key[1] if isinstance(key, tuple) else int(torch.randint(2**62, ()))
         rng = np.random.default_rng((seed, 1))
         height, width = item["image"].shape[-2:]
-        crop_w, crop_h = self.size
+        crop_w, crop_h = self.size_wh
         top = int(rng.integers(height - crop_h + 1))
         left = int(rng.integers(width - crop_w + 1))
         item["image"] = item["image"][:, top:top + crop_h, left:left + crop_w]  # (3, crop_h, crop_w)
@@ -234,11 +234,11 @@ def stage1_config(cfg):
 
 
 def check_crop(cfg):
-    crop = cfg.stage1.crop_size
-    for key in ("source_size", "target_size"):
+    crop = cfg.stage1.crop_size_wh
+    for key in ("source_size_wh", "target_size_wh"):
         size = getattr(cfg.data, key)
         if crop[0] > size[0] or crop[1] > size[1]:
-            raise CirnError(f"stage1.crop_size {list(crop)} does not fit in data.{key} {list(size)}: choose a "
+            raise CirnError(f"stage1.crop_size_wh {list(crop)} does not fit in data.{key} {list(size)}: choose a "
                             f"crop of at most {list(size)} (multiples of 4)")
 
 
@@ -250,7 +250,10 @@ def run(cfg, run_dir, resume=False, quiet=False, intermediate_out=None):
     out = Path(intermediate_out) if intermediate_out else Path(run_dir) / "intermediate"
     if s1.cir == "fda":
         run_dir = prepare_run_dir(run_dir, cfg, resume)
-        manifest = distributed.on_main(lambda: fda.translate_fda(cfg, out, quiet=quiet), lambda: read_manifest(out))
+        opened = fda.open_fda(cfg)  # a dataset root that does not exist fails before the run folder is created
+        run_dir = open_run_dir(run_dir, cfg)
+        manifest = distributed.on_main(lambda: fda.translate_fda(cfg, out, quiet=quiet, opened=opened),
+                                       lambda: read_manifest(out))
         return {"run_dir": str(run_dir), "method": "fda", "intermediate": str(out), "count": manifest["count"],
                 "training": None}
 
@@ -266,8 +269,8 @@ def run(cfg, run_dir, resume=False, quiet=False, intermediate_out=None):
     opt_disc = torch.optim.Adam(nets.discriminator_parameters(), lr=s1.lr, betas=tuple(s1.betas))
     pool_src, pool_trg = ImagePool(s1.pool_size, seed=cfg.run.seed), ImagePool(s1.pool_size, seed=cfg.run.seed + 1)
 
-    source_set = RandomCrop(build_source_dataset(cfg.data, "tanh", intermediate=False), s1.crop_size)
-    target_set = RandomCrop(build_target_dataset(cfg.data, "tanh", with_labels=False), s1.crop_size)
+    source_set = RandomCrop(build_source_dataset(cfg.data, "tanh", intermediate=False), s1.crop_size_wh)
+    target_set = RandomCrop(build_target_dataset(cfg.data, "tanh", with_labels=False), s1.crop_size_wh)
     source_set.dataset.bad_images = target_set.dataset.bad_images = cfg.data.bad_images
     batches_src = infinite_loader(source_set, cfg.run.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers)
     batches_trg = infinite_loader(target_set, cfg.run.batch_size, seed=cfg.run.seed + 1,
@@ -323,7 +326,7 @@ def weights_digest(module):
 
 
 def translate_cyclegan(gen_s2t, cfg, out_dir, device, quiet=False, checkpoint=""):
-    """Write G(x_s) of every source image (whole, at data.source_size) to `out_dir` in the source layout."""
+    """Write G(x_s) of every source image (whole, at data.source_size_wh) to `out_dir` in the source layout."""
     gen_s2t.eval()
     source_set = build_source_dataset(cfg.data, "tanh", intermediate=False, flip=False)
 
@@ -367,7 +370,7 @@ def write_intermediate(out_dir, cfg_data, source_set, translate, identity, quiet
     out_dir = Path(out_dir)
     source_root = cfg_data.source_root
     identity = {"source": cfg_data.source, "source_root": str(Path(source_root).resolve()) if source_root else "toy",
-                "source_list": cfg_data.source_list, "source_size": list(cfg_data.source_size), **identity}
+                "source_list": cfg_data.source_list, "source_size": list(cfg_data.source_size_wh), **identity}
     _claim(out_dir, identity)
     image_dir, label_dir = out_dir / source_set.image_dir, out_dir / source_set.label_dir
     atomic_write_text(out_dir / PARTIAL, json.dumps(identity, indent=2))
