@@ -1,6 +1,8 @@
 """Configuration: nested dataclasses, loaded from YAML, overridden with `key.sub=value`.
 
-Unknown keys and wrong types are errors that name the key and list the valid ones. Models never read this:
+Unknown keys and wrong types are errors that name the key and list the valid ones; each section checks its counts,
+periods and rates in __post_init__ (an error names the key and the valid range). Sections are frozen: a changed
+config is a new one, made by merge() or dataclasses.replace(), both of which check again. Models never read this:
 `build_*` functions translate a config into plain arguments.
 """
 import dataclasses
