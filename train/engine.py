@@ -230,7 +230,7 @@ class RunLogger:
             self.writer.close()
 
 
-def prepare_run_dir(run_dir, cfg, resume):
+def prepare_run_dir(run_dir, resume):
     """Check that `run_dir` may take this run: refuse a finished or running one unless resuming. Nothing is written
     yet: open_run_dir creates the folder once the data is open, so a run that fails at start-up (a dataset root that
     does not exist, a missing checkpoint, bad --pretrained weights) leaves no run folder behind."""

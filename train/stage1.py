@@ -249,7 +249,7 @@ def run(cfg, run_dir, resume=False, quiet=False, intermediate_out=None):
     cfg, s1 = stage1_config(cfg), cfg.stage1
     out = Path(intermediate_out) if intermediate_out else Path(run_dir) / "intermediate"
     if s1.cir == "fda":
-        run_dir = prepare_run_dir(run_dir, cfg, resume)
+        run_dir = prepare_run_dir(run_dir, resume)
         opened = fda.open_fda(cfg)  # a dataset root that does not exist fails before the run folder is created
         run_dir = open_run_dir(run_dir, cfg)
         manifest = distributed.on_main(lambda: fda.translate_fda(cfg, out, quiet=quiet, opened=opened),
@@ -262,7 +262,7 @@ def run(cfg, run_dir, resume=False, quiet=False, intermediate_out=None):
     seg_model = None
     if s1.lambda_sem > 0:
         seg_model = load_frozen_seg_model(s1.seg_checkpoint, cfg.model.num_classes, device)
-    run_dir = prepare_run_dir(run_dir, cfg, resume)
+    run_dir = prepare_run_dir(run_dir, resume)
     seed_everything(cfg.run.seed)
     nets = build_cyclegan(s1).to(device).train()
     opt_gen = torch.optim.Adam(nets.generator_parameters(), lr=s1.lr, betas=tuple(s1.betas))
