@@ -199,7 +199,7 @@ def measure_variant(job):
         torch.cuda.init()
         gpu_used_before = _gpu_used()  # after the CUDA context: the context is not the variant's memory
     # Libraries load before the baseline: their code is not the variant's memory.
-    import cirn.export  # noqa: F401
+    import cirn.export.pipeline  # noqa: F401
     import cirn.runtime  # noqa: F401
     import cirn.train.engine  # noqa: F401
     __import__({"checkpoint": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}[variant.fmt])

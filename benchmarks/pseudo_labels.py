@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cirn.train import labels as L
-from cirn.train.config import from_dict, load_config
+from cirn.train.config import from_dict, load_config, merge
 from cirn.train.datasets import _target_root, build_target_dataset, cityscapes_label_files, read_label
 from cirn.train.checkpoint import load_model
 from cirn.train.evaluate import ConfusionMatrix
@@ -62,7 +62,7 @@ def main(argv=None):
         model, state = load_model(args.model)
         cfg = from_dict(state["config"])
     if args.target_root:
-        cfg.data.target_root = args.target_root
+        cfg = merge(cfg, {"data": {"target_root": args.target_root}})
     target_root = _target_root(cfg.data)
     per_image = image_confusions(pseudo, target_root)
     total = sum(per_image.values())

@@ -4,7 +4,7 @@
     python benchmarks/run_accuracy.py --model runs/stage2/best.pt --target-root ~/data/cityscapes
 
 The variants of run_latency.py run the same val images at the model's input size (default: the run's
-data.target_size). Their labels (the deployed graph's argmax) are nearest-resized to each label's size and scored
+data.target_size_wh). Their labels (the deployed graph's argmax) are nearest-resized to each label's size and scored
 as cirn-export's parity check scores them: one confusion matrix over the split, the run's protocol. Per variant:
 mIoU, its change from PyTorch FP32 (torch-eager), and the percentage of pixels whose label agrees with it.
 Needs a trained checkpoint (or an .onnx whose source checkpoint is on disk); writes accuracy.md, .csv and .json to

@@ -1,9 +1,9 @@
 """Time and peak memory of one training iteration of stage 1 or stage 2, on the CPU or a GPU, the paper preset's
 networks and sizes by default (random weights).
 
-    python benchmarks/train_step.py --stage 2                    # R101 + C/ACM + D, 1280x720 source + 1024x512 target
-    python benchmarks/train_step.py --stage 1                    # CycleGAN + the frozen R101 of L_sem, the preset's crop
-    python benchmarks/train_step.py --stage 1 --crop 512x256     # another stage-1 crop
+    python benchmarks/train_step.py --stage 2     # R101 + C/ACM + D, 1280x720 source + 1024x512 target
+    python benchmarks/train_step.py --stage 1     # CycleGAN + the frozen R101 of L_sem, the preset's crop
+    python benchmarks/train_step.py --stage 1 --crop 512x256      # another stage-1 crop
     python benchmarks/train_step.py --stage 2 --device cuda --amp bf16
     python benchmarks/train_step.py --stage 2 --model tiny --source 320x180 --target 256x128
 
@@ -94,7 +94,8 @@ def main(argv=None):
         raise SystemExit("error: --device cuda: no GPU here (torch.cuda.is_available() is False)")
     torch.manual_seed(0)
     if args.stage == 2:
-        sizes = {"source_wh": args.source or cfg.data.source_size_wh, "target_wh": args.target or cfg.data.target_size_wh}
+        sizes = {"source_wh": args.source or cfg.data.source_size_wh,
+                 "target_wh": args.target or cfg.data.target_size_wh}
         iteration = stage2_iteration(cfg, device, args.amp, sizes["source_wh"], sizes["target_wh"])
     else:
         sizes = {"crop_wh": args.crop or cfg.stage1.crop_size_wh}

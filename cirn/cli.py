@@ -5,6 +5,8 @@ import sys
 import click
 
 from cirn import __version__
+from cirn.export.choices import DEFAULT_EXPORTER, DEFAULT_FLOORS, EXPORTERS, FORMATS, OUTPUTS
+from cirn.train.config import CIR_METHODS, MODEL_NAMES, PROTOCOLS, SOURCES, TARGETS, preset_names
 
 
 TRAINING_STACK = ("torch", "torchvision", "onnx", "onnxscript", "yaml", "matplotlib", "tensorboard")
@@ -65,7 +67,8 @@ def data_toy(out, seed, fmt, num_source, num_train, num_val, workers):
 @click.option("--target-root", type=click.Path(), default=None,
               help="Cityscapes root (gtFine/...); default: the built-in toy target.")
 @click.option("--split", default="val", show_default=True)
-@click.option("--protocol", type=click.Choice(["19", "16", "13"]), default="19", show_default=True)
+@click.option("--protocol", type=click.Choice([str(p) for p in PROTOCOLS]), default=str(PROTOCOLS[0]),
+              show_default=True)
 @click.option("--pred-format", type=click.Choice(["trainid", "labelid"]), default="trainid", show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the scores here.")
 @click.version_option(__version__)
@@ -89,10 +92,10 @@ def train_main():
 def run_options(fn):
     """The data and run options every training command shares; `key.sub=value` overrides come last."""
     options = [
-        click.option("--source", type=click.Choice(["toy", "gta5", "synthia"]), default=None,
+        click.option("--source", type=click.Choice(SOURCES), default=None,
                      help="Labelled source domain [preset's, toy by default]."),
         click.option("--source-root", type=click.Path(), default=None, help="Source dataset root."),
-        click.option("--target", type=click.Choice(["toy", "cityscapes"]), default=None,
+        click.option("--target", type=click.Choice(TARGETS), default=None,
                      help="Target domain [preset's, toy by default]."),
         click.option("--target-root", type=click.Path(), default=None, help="Cityscapes root."),
         click.option("--pretrained", default=None,
@@ -100,7 +103,7 @@ def run_options(fn):
                           "checkpoint: its backbone)."),
         click.option("--out", type=click.Path(file_okay=False), default=None,
                      help="Run folder [default: runs/COMMAND]."),
-        click.option("--preset", default="toy", show_default=True, help="toy | smoke | paper | paper-synthia."),
+        click.option("--preset", default="toy", show_default=True, help=" | ".join(preset_names()) + "."),
         click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
                      help="YAML file applied after the preset."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint."),
@@ -113,25 +116,17 @@ def run_options(fn):
 
 
 def resolve_run(command, preset, config_file, overrides, out, resume, **data):
-    """Config for a training command: preset <- file <- CLI data options <- overrides; a resumed run keeps its
-    saved config, with only the explicit overrides applied on top."""
+    """(config, run folder) of a training command: config.resolve_run with the command's data options (and
+    --pretrained) as explicit updates; the run folder defaults to runs/COMMAND."""
     from pathlib import Path
 
-    from cirn.train import distributed
-    from cirn.train.config import load_config, merge, read_yaml
+    from cirn.train import config, distributed
     distributed.init()  # under torchrun: join the process group (gloo on CPU, NCCL on GPUs)
     run_dir = Path(out or Path("runs") / command)
-    extra = {k: v for k, v in data.items() if v is not None}
     model_keys = {"pretrained"}
-    updates = {"data": {k: v for k, v in extra.items() if k not in model_keys},
-               "model": {k: v for k, v in extra.items() if k in model_keys}}
-    if resume and (run_dir / "config.yaml").exists():
-        base = merge(load_config(None), read_yaml(run_dir / "config.yaml"))
-        cfg = load_config(None, config_file, overrides, base=merge(base, updates))
-    else:
-        cfg = load_config(preset, config_file, base=None)
-        cfg = load_config(None, None, overrides, base=merge(cfg, updates))
-    return cfg, run_dir
+    updates = {"data": {k: v for k, v in data.items() if k not in model_keys},
+               "model": {k: v for k, v in data.items() if k in model_keys}}
+    return config.resolve_run(run_dir, preset, config_file, overrides, updates, resume=resume), run_dir
 
 
 def _main_process():
@@ -214,7 +209,7 @@ def train_all_stages(preset, config_file, overrides, out, resume, quiet, **data)
 
 @train_main.command("describe", help="Parameter counts and forward GFLOPs of a model.")
 @click.option("--model", "name", default="deeplabv2-r101", show_default=True,
-              type=click.Choice(["deeplabv2-r101", "deeplabv2-r50", "mobilenetv3", "tiny"]))
+              type=click.Choice(MODEL_NAMES))
 @click.option("--num-classes", type=int, default=19, show_default=True)
 @click.option("--num-attention", "-K", type=int, default=2, show_default=True)
 @click.option("--height", type=int, default=512, show_default=True)
@@ -228,7 +223,7 @@ def train_describe(name, num_classes, num_attention, height, width):
 @train_main.command("stage1", help="Build the intermediate domain: train a CycleGAN with the semantic-consistency "
                                    "loss of a frozen source-only model and translate the source (--cir cyclegan), "
                                    "or translate with FDA, no training (--cir fda).")
-@click.option("--cir", type=click.Choice(["cyclegan", "fda"]), default=None,
+@click.option("--cir", type=click.Choice(CIR_METHODS), default=None,
               help="How to build the intermediate domain [preset's: cyclegan].")
 @click.option("--beta", type=float, default=None, help="FDA low-frequency band, fraction of min(h, w) [0.01].")
 @click.option("--seg-model", type=click.Path(dir_okay=False), default=None,
@@ -270,22 +265,22 @@ def train_stage1(cir, beta, seg_model, intermediate_out, preset, config_file, ov
                    "[default: the target train split].")
 @click.option("--calib-images", type=int, default=32, show_default=True, help="INT8 calibration images to use.")
 @click.option("--dynamic", is_flag=True, help="Dynamic batch, height and width (else fixed 1 x 3 x H x W).")
-@click.option("--height", type=int, default=None, help="Input height [default: the run's data.target_size].")
-@click.option("--width", type=int, default=None, help="Input width [default: the run's data.target_size].")
-@click.option("--output", type=click.Choice(["labels", "probs", "logits"]), default="labels", show_default=True,
+@click.option("--height", type=int, default=None, help="Input height [default: the run's data.target_size_wh].")
+@click.option("--width", type=int, default=None, help="Input width [default: the run's data.target_size_wh].")
+@click.option("--output", type=click.Choice(OUTPUTS), default=OUTPUTS[0], show_default=True,
               help="labels: uint8 (B, H, W) trainIds; probs: softmax (B, C, H, W); logits: (B, C, H, W).")
-@click.option("--format", "fmt", type=click.Choice(["onnx", "tensorrt", "all"]), default="onnx", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=FORMATS[0], show_default=True,
               help="tensorrt needs the tensorrt package and a CUDA GPU.")
-@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True,
+@click.option("--exporter", type=click.Choice(EXPORTERS), default=DEFAULT_EXPORTER, show_default=True,
               help="torch.onnx exporter: dynamo (opset 18) or the legacy TorchScript one (opset 17).")
 @click.option("--input-dtype", type=click.Choice(["uint8", "float32"]), default="uint8", show_default=True,
               help="Type of the graph's frames input (values 0-255 either way).")
 @click.option("--parity-root", type=click.Path(file_okay=False), default=None,
               help="Cityscapes root whose val split checks parity [default: the run's target root, else the toy].")
 @click.option("--parity-images", type=int, default=20, show_default=True, help="Images in the parity check.")
-@click.option("--parity-floor-fp16", type=float, default=98.0, show_default=True,
-              help="Minimum % of FP16 labels equal to PyTorch FP32's (FP32 must reach 99.9).")
-@click.option("--parity-floor-int8", type=float, default=95.0, show_default=True,
+@click.option("--parity-floor-fp16", type=float, default=DEFAULT_FLOORS["fp16"], show_default=True,
+              help=f"Minimum % of FP16 labels equal to PyTorch FP32's (FP32 must reach {DEFAULT_FLOORS['fp32']:g}).")
+@click.option("--parity-floor-int8", type=float, default=DEFAULT_FLOORS["int8"], show_default=True,
               help="Minimum % of INT8 labels equal to PyTorch FP32's.")
 @click.option("--simplify", is_flag=True, help="Simplify the graph with onnxslim or onnxsim when installed.")
 @click.option("--max-batch", type=int, default=4, show_default=True,

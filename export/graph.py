@@ -15,7 +15,7 @@ from cirn.common.errors import CirnError
 from cirn.common.normalization import affine
 from cirn.train.models import upsample
 
-OUTPUTS = ("labels", "probs", "logits")
+from .choices import OUTPUTS
 
 
 class DeployModel(nn.Module):

@@ -17,8 +17,8 @@ import torch
 from cirn.common.errors import CirnError
 from cirn.common.metadata import INPUT_NAME, decode_props, encode_props, read_sidecar
 
-EXPORTERS = ("dynamo", "torchscript")
-DEFAULT_EXPORTER = "dynamo"
+from .choices import DEFAULT_EXPORTER, EXPORTERS
+
 OPSETS = {"dynamo": 18, "torchscript": 17}  # 18: the dynamo exporter's floor, parsed by TensorRT 10 and 11
 INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
 DYNAMIC_DIMS = {0: "batch", 2: "height", 3: "width"}

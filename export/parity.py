@@ -24,9 +24,9 @@ from cirn.runtime.ort import OrtSession
 from cirn.runtime.tensorrt import EngineRunner
 from cirn.train.evaluate import ConfusionMatrix, save_json
 
+from .choices import DEFAULT_FLOORS
 from .frames import to_frame
 
-DEFAULT_FLOORS = {"fp32": 99.9, "fp16": 98.0, "int8": 95.0}
 _HEAD_OPS = ("ArgMax", "Cast", "Softmax")  # what follows the upsampled logits in each output kind
 
 

@@ -13,14 +13,14 @@ from cirn import __version__
 from cirn.common.errors import CirnError
 from cirn.common.metadata import INPUT_NAME, METADATA_VERSION
 
+from .choices import DEFAULT_EXPORTER, FORMATS, OUTPUTS
 from .frames import calibration_frames, cityscapes_frames
-from .graph import OUTPUTS, DeployModel
-from .onnx_export import (DEFAULT_EXPORTER, OPSETS, check_onnx, export_onnx, read_metadata,
+from .graph import DeployModel
+from .onnx_export import (OPSETS, check_onnx, export_onnx, read_metadata,
                           simplify_onnx, write_metadata)
 from .parity import EngineParityRunner, OnnxRunner, check_parity, format_parity, require_parity, save_report
 from .precision import convert_fp16, quantization_metadata, quantize_int8
 
-FORMATS = ("onnx", "tensorrt", "all")
 # variant -> (precision, file). Two INT8 graphs: ONNX Runtime's CPU kernels want uint8 activations, TensorRT's
 # explicit quantisation symmetric int8 ones (precision.quantize_int8); the second is made only for TensorRT.
 ONNX_VARIANTS = {"fp32": ("fp32", "model.onnx"), "fp16": ("fp16", "model.fp16.onnx"),
@@ -87,7 +87,7 @@ def export_checkpoint(checkpoint=None, out=None, *, height=None, width=None, out
 
     checkpoint: a cirn checkpoint (best.pt); None = the newest best.pt under runs_dir.
     out: output folder; None = `export/` beside the checkpoint.
-    height, width: the graph's input size; None = the run's data.target_size. dynamic: symbolic batch/height/width
+    height, width: the graph's input size; None = the run's data.target_size_wh. dynamic: symbolic batch/height/width
         (parity then also runs at a second size, batch 2).
     output: 'labels' (uint8 map), 'probs' or 'logits'. fmt: 'onnx', 'tensorrt' (engines only) or 'all'.
     fp16, int8: also export these precisions (ONNX, and engines with TensorRT). INT8 calibrates on `calib_images`
@@ -105,8 +105,10 @@ def export_checkpoint(checkpoint=None, out=None, *, height=None, width=None, out
         raise CirnError(f"unknown output {output!r}: expected one of {', '.join(OUTPUTS)}")
     if calib and not int8:
         raise CirnError("--calib chooses INT8 calibration images: it needs --int8")
-    if parity_images < 1 or calib_images < 1:
-        raise CirnError("--parity-images and --calib-images must be at least 1")
+    for option, value, low in (("--height", height, 8), ("--width", width, 8), ("--parity-images", parity_images, 1),
+                               ("--calib-images", calib_images, 1), ("--max-batch", max_batch, 1)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+            raise CirnError(f"{option} must be an integer >= {low}, got {value!r}")
     trt = None
     if fmt in ("tensorrt", "all"):
         from .tensorrt import require_tensorrt_for_export
@@ -116,8 +118,9 @@ def export_checkpoint(checkpoint=None, out=None, *, height=None, width=None, out
     checkpoint = Path(checkpoint) if checkpoint else find_latest_checkpoint(runs_dir)
     model, state = load_model(checkpoint)
     data_cfg = state["config"].get("data", {})
-    default_width, default_height = data_cfg.get("target_size", (256, 128))
-    height, width = int(height or default_height), int(width or default_width)
+    # target_size: the key of runs before it was named target_size_wh
+    default_width, default_height = data_cfg.get("target_size_wh", data_cfg.get("target_size", (256, 128)))
+    height, width = int(default_height if height is None else height), int(default_width if width is None else width)
     if min(height, width) < 8:
         raise CirnError(f"the input size must be at least 8x8 pixels, got {height}x{width}")
     out = Path(out) if out else checkpoint.parent / "export"

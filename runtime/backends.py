@@ -118,7 +118,7 @@ class TorchBackend(Backend):
 
     device: cpu or cuda. precision: fp32, or autocast fp16 / bf16 (fp16 needs CUDA); auto = fp16 on CUDA, fp32 on
     CPU. compile: torch.compile the graph (the first calls at each shape compile: warm up before timing).
-    output: labels or probs. input_size: the run's data.target_size, the scale the model was trained at.
+    output: labels or probs. input_size: the run's data.target_size_wh, the scale the model was trained at.
     threads: PyTorch's CPU threads (process-wide); None = all cores but one. OpenMP's barriers spin: a team that
     shares its cores with the pipeline's decoding and encoding threads (or another process) slows down by an order
     of magnitude (measured on 2 busy cores: 421 ms a frame with 2 threads, 14 ms with 1).
@@ -147,7 +147,8 @@ class TorchBackend(Backend):
         self.torch, self.precision, self.compiled = torch, precision, bool(compile)
         self.graph = torch.compile(deploy) if compile else deploy
         self.pin = device == "cuda"
-        width, height = state["config"].get("data", {}).get("target_size", (256, 128))
+        data = state["config"].get("data", {})
+        width, height = data.get("target_size_wh", data.get("target_size", (256, 128)))  # target_size: older runs
         names = tuple(class_names(model.num_classes))
         palette = PALETTE[:len(names)] if len(names) <= len(PALETTE) else made_up_palette(len(names))
         meta = {"source_checkpoint": str(Path(checkpoint).resolve()), "model": state["model_meta"]["name"],

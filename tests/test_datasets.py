@@ -1,4 +1,5 @@
 """Dataset loaders on tiny 16x32 fixtures written in the exact on-disk formats of REFERENCE.md."""
+import dataclasses
 import sys
 import types
 
@@ -132,20 +133,20 @@ def test_cityscapes_item(cityscapes):
     assert item["image"].shape == (3, H, W) and item["image"].dtype == torch.float32
     assert item["label"].dtype == torch.int64
     np.testing.assert_array_equal(item["label"].numpy(), expected(TRAIN_IDS, 0))
-    assert item["size"].tolist() == [H, W]
+    assert item["size_hw"].tolist() == [H, W]
     np.testing.assert_array_equal(denormalize(item["image"]), random_image(0))
     np.testing.assert_array_equal(ds[1]["label"].numpy(), expected(TRAIN_IDS, 1))
 
 
 def test_cityscapes_resize_and_original_labels(cityscapes):
-    ds = CityscapesDataset(cityscapes, split="val", size=(16, 8))  # (width, height)
+    ds = CityscapesDataset(cityscapes, split="val", size_wh=(16, 8))  # (width, height)
     item = ds[0]
     assert item["image"].shape == (3, 8, 16) and item["label"].shape == (8, 16)
     np.testing.assert_array_equal(item["label"].numpy(), expected(TRAIN_IDS, 0)[::2, ::2])
-    assert item["size"].tolist() == [H, W]
+    assert item["size_hw"].tolist() == [H, W]
     want = np.asarray(Image.fromarray(random_image(0)).resize((16, 8), Image.BICUBIC))
     np.testing.assert_array_equal(denormalize(item["image"]), want)
-    item = CityscapesDataset(cityscapes, split="val", size=(16, 8), label_size="original")[0]
+    item = CityscapesDataset(cityscapes, split="val", size_wh=(16, 8), label_size="original")[0]
     assert item["image"].shape == (3, 8, 16) and item["label"].shape == (H, W)
 
 
@@ -220,7 +221,7 @@ def test_gta5_label_of_another_size_is_resized(tmp_path):
     root = write_gta5(tmp_path / "gta5", count=1, label_size=(H // 2, W // 2))
     item = GTA5Dataset(root)[0]
     assert item["image"].shape == (3, H, W) and item["label"].shape == (H, W)
-    item = GTA5Dataset(root, size=(16, 8))[0]
+    item = GTA5Dataset(root, size_wh=(16, 8))[0]
     assert item["image"].shape == (3, 8, 16) and item["label"].shape == (8, 16)
     assert set(item["label"].unique().tolist()) <= set(TRAIN_IDS)
 
@@ -275,7 +276,7 @@ def test_builders_translate_the_config(tmp_path, cityscapes):
     source = write_gta5(tmp_path / "gta5")
     inter = write_gta5(tmp_path / "inter", count=2, labels=False)
     cfg = DataConfig(source="gta5", source_root=str(source), target="cityscapes", target_root=str(cityscapes),
-                     source_size=(16, 8), target_size=(16, 8), flip=False, max_val_images=1)
+                     source_size_wh=(16, 8), target_size_wh=(16, 8), flip=False, max_val_images=1)
     src = build_source_dataset(cfg, "caffe")
     assert isinstance(src, GTA5Dataset) and len(src) == 3 and src.normalization == "caffe"
     assert src[0]["image"].shape == (3, 8, 16) and src[0]["label"].shape == (8, 16)
@@ -284,7 +285,7 @@ def test_builders_translate_the_config(tmp_path, cityscapes):
     assert "label" in build_train_dataset(cfg, "target")[0]
     val = build_val_dataset(cfg)
     assert len(val) == 1 and val[0]["image"].shape == (3, 8, 16) and val[0]["label"].shape == (H, W)
-    cfg.intermediate_root = str(inter)
+    cfg = dataclasses.replace(cfg, intermediate_root=str(inter))
     assert len(build_train_dataset(cfg, "source")) == 2
     assert len(build_source_dataset(cfg, intermediate=False)) == 3
     synthia = DataConfig(source="synthia", source_root=str(write_synthia(tmp_path / "synthia")))

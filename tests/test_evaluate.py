@@ -185,7 +185,7 @@ def test_save_json_writes_nan_as_null(target, tmp_path):
 
 # ---------------------------------------------------------------- evaluate_model
 def test_evaluate_model_upsamples_logits_to_the_label(target):
-    dataset = CityscapesDataset(target, split="val", size=(16, 8), label_size="original")
+    dataset = CityscapesDataset(target, split="val", size_wh=(16, 8), label_size="original")
 
     def model_fn(images):  # (B, 3, 8, 16) -> (B, 19, 1, 2): left column road, right column car
         logits = torch.zeros(images.shape[0], 19, 1, 2)

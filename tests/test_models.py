@@ -278,7 +278,7 @@ def test_imagenet_weights_offline_say_what_to_do(tmp_path, monkeypatch, r50, tin
 # ---------------------------------------------------------------- summary
 def test_summary_of_r101_at_cityscapes_size():
     s = summarize("deeplabv2-r101", num_classes=19, height=512, width=1024, num_attention=0)
-    assert s["feature_size"] == (65, 129)
+    assert s["feature_size_hw"] == (65, 129)
     assert s["params_backbone_c"] == 43_901_068 and s["params_fused"] == 45_301_976
     assert s["params_discriminator"] == 2_781_121
     # REFERENCE: ~732 GFLOP with one classifier, measured with torchvision's 64x128 features; ceil-mode pooling

@@ -162,15 +162,15 @@ def test_fda_clips_and_rejects_mismatched_images():
 
 
 # ---------------------------------------------------------------- runs and the intermediate domain
-def assert_intermediate_mirrors_source(intermediate, toy_data, size):
-    source = GTA5Dataset(toy_data / "gta5", size=size)
-    domain = GTA5Dataset(intermediate, size=size)
+def assert_intermediate_mirrors_source(intermediate, toy_data, size_wh):
+    source = GTA5Dataset(toy_data / "gta5", size_wh=size_wh)
+    domain = GTA5Dataset(intermediate, size_wh=size_wh)
     assert len(domain) == len(source) == 8
     for a, b in zip(source, domain, strict=True):
         assert a["name"] == b["name"] and torch.equal(a["label"], b["label"])
     for name, _, label_path in source.samples:
         assert (intermediate / "labels" / f"{name}.png").read_bytes() == label_path.read_bytes()
-        assert read_image(intermediate / "images" / f"{name}.png").shape == (size[1], size[0], 3)
+        assert read_image(intermediate / "images" / f"{name}.png").shape == (size_wh[1], size_wh[0], 3)
     assert not list(intermediate.rglob(".*"))  # no temporary or marker files left
 
 
@@ -286,11 +286,11 @@ def test_stage1_training_resumes_exactly(toy_data, seg_checkpoint, tmp_path, mon
 def test_stage1_errors_are_clear(toy_data, toy_args, seg_checkpoint, tmp_path):
     result = CliRunner().invoke(train_main, ["stage1", "--preset", "smoke", "--out", str(tmp_path / "a"), *toy_args])
     assert result.exit_code == 2 and "--seg-model" in result.output
-    too_big = smoke_cfg(toy_data, seg_checkpoint, "stage1.crop_size=[128, 64]")
-    with pytest.raises(CirnError, match="does not fit in data.source_size"):
+    too_big = smoke_cfg(toy_data, seg_checkpoint, "stage1.crop_size_wh=[128, 64]")
+    with pytest.raises(CirnError, match="does not fit in data.source_size_wh"):
         stage1.run(too_big, tmp_path / "b", quiet=True)
     with pytest.raises(CirnError, match="multiples of 4"):
-        load_config("smoke", overrides=["stage1.crop_size=[30, 32]"])
+        load_config("smoke", overrides=["stage1.crop_size_wh=[30, 32]"])
     other = load_config("smoke", overrides=["model.num_classes=7"])
     checkpoint.save_model(tmp_path / "seg7.pt", build_model(ModelConfig(name="tiny", width=4, num_classes=7)), other)
     with pytest.raises(CirnError, match="7 classes"):

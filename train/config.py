@@ -1,23 +1,45 @@
 """Configuration: nested dataclasses, loaded from YAML, overridden with `key.sub=value`.
 
-Unknown keys and wrong types are errors that name the key and list the valid ones. Models never read this:
+Unknown keys and wrong types are errors that name the key and list the valid ones; each section checks its counts,
+periods and rates in __post_init__ (an error names the key and the valid range). Sections are frozen: a changed
+config is a new one, made by merge() or dataclasses.replace(), both of which check again. Models never read this:
 `build_*` functions translate a config into plain arguments.
 """
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from cirn.common.errors import CirnError
-from .io import atomic_write_text
+from cirn.common.files import atomic_write_text
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
+# The choices of the config, defined here only: the CLI's click.Choice lists and the model factory read them.
+# (This module imports neither torch nor, at module level, yaml: cirn.cli reads these lists when it starts, and the
+# deploy-only install runs cirn-run from the same module.)
+SOURCES = ("toy", "gta5", "synthia")
+TARGETS = ("toy", "cityscapes")
+PROTOCOLS = (19, 16, 13)
+BAD_IMAGE_POLICIES = ("fail", "skip")
+MODEL_NAMES = ("deeplabv2-r101", "deeplabv2-r50", "mobilenetv3", "tiny")
+BATCHNORM_MODES = ("auto", "frozen", "train")
+AMP_MODES = ("none", "bf16", "fp16")
+CIR_METHODS = ("cyclegan", "fda")
+GAN_MODES = ("lsgan", "vanilla")
+PSEUDO_LABEL_POLICIES = ("cbst", "fda")
+MAX_ATTENTION = 8
 
-@dataclass
+# Keys renamed since older runs: a saved config or checkpoint that uses the old name still loads (from_dict), while
+# an override or config file with it is an error that gives the new name.
+RENAMED_KEYS = {("data", "source_size"): "source_size_wh", ("data", "target_size"): "target_size_wh",
+                ("stage1", "crop_size"): "crop_size_wh"}
+
+
+@dataclass(frozen=True)
 class DataConfig:
     source: str = "toy"
     """Labelled source domain: toy | gta5 | synthia."""
@@ -35,10 +57,10 @@ class DataConfig:
     """Optional text file of source image names (one per line); default: every pair found, sorted."""
     target_list: str = ""
     """Optional text file of target image names for the train split."""
-    source_size: tuple = (320, 180)
-    """Source images are resized to (width, height); labels with nearest neighbour."""
-    target_size: tuple = (256, 128)
-    """Target images are resized to (width, height) for training; evaluation upsamples to label size."""
+    source_size_wh: tuple = (320, 180)
+    """Source images are resized to [width, height]; labels with nearest neighbour."""
+    target_size_wh: tuple = (256, 128)
+    """Target images are resized to [width, height] for training; evaluation upsamples to label size."""
     val_split: str = "val"
     """Target split used for evaluation."""
     max_val_images: int = 0
@@ -54,18 +76,19 @@ class DataConfig:
     the run's summary.json as skipped_images; with num_workers > 0 only the warnings name those the workers met)."""
 
     def __post_init__(self):
-        _check_choice("data.source", self.source, ("toy", "gta5", "synthia"))
-        _check_choice("data.target", self.target, ("toy", "cityscapes"))
-        _check_choice("data.protocol", self.protocol, (19, 16, 13))
-        _check_choice("data.bad_images", self.bad_images, ("fail", "skip"))
-        for name in ("source_size", "target_size"):
-            size = tuple(getattr(self, name))
-            if len(size) != 2 or min(size) < 8:
-                raise CirnError(f"data.{name} must be [width, height] of at least 8 pixels, got {list(size)}")
-            setattr(self, name, size)
+        _check_choice("data.source", self.source, SOURCES)
+        _check_choice("data.target", self.target, TARGETS)
+        _check_choice("data.protocol", self.protocol, PROTOCOLS)
+        _check_choice("data.bad_images", self.bad_images, BAD_IMAGE_POLICIES)
+        for name in ("source_size_wh", "target_size_wh"):
+            _set(self, name, _check_pair(f"data.{name}", getattr(self, name), "[width, height] of integers >= 8",
+                                         lambda s: _is_int(s) and s >= 8))
+        _check_text("data.val_split", self.val_split)
+        _check_int("data.max_val_images", self.max_val_images, 0)
+        _check_int("data.num_workers", self.num_workers, 0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "tiny"
     """Segmentation network: deeplabv2-r101 | deeplabv2-r50 | mobilenetv3 | tiny."""
@@ -84,19 +107,21 @@ class ModelConfig:
     BatchNorm makes a torchrun run follow the single-process one exactly (no per-process batch statistics)."""
 
     def __post_init__(self):
-        _check_choice("model.name", self.name, ("deeplabv2-r101", "deeplabv2-r50", "mobilenetv3", "tiny"))
-        _check_choice("model.batchnorm", self.batchnorm, ("auto", "frozen", "train"))
-        if not 0 <= self.num_attention <= 8:
-            raise CirnError(f"model.num_attention (K) must be in 0..8, got {self.num_attention}")
+        _check_choice("model.name", self.name, MODEL_NAMES)
+        _check_choice("model.batchnorm", self.batchnorm, BATCHNORM_MODES)
+        _check_int("model.num_classes", self.num_classes, 2, 255)  # trainIds are uint8 and 255 means ignore
+        _check_int("model.num_attention", self.num_attention, 0, MAX_ATTENTION)
+        _check_int("model.width", self.width, 1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     lr: float = 2.5e-4
     """SGD learning rate of the backbone; poly-decayed."""
     head_lr_mult: float = 10.0
     """Classifier heads train with this multiple of lr."""
     momentum: float = 0.9
+    """SGD momentum, in [0, 1)."""
     weight_decay: float = 5e-4
     power: float = 0.9
     """Poly decay: lr * (1 - i / iterations) ** power."""
@@ -105,9 +130,20 @@ class OptimConfig:
     d_lr: float = 1e-4
     """Adam learning rate of the output-space discriminator."""
     d_betas: tuple = (0.9, 0.99)
+    """Adam betas of the discriminator, each in [0, 1)."""
+
+    def __post_init__(self):
+        _check_number("optim.lr", self.lr, low=0, low_open=True)
+        _check_number("optim.head_lr_mult", self.head_lr_mult, low=0, low_open=True)
+        _check_number("optim.momentum", self.momentum, 0, 1, high_open=True)
+        _check_number("optim.weight_decay", self.weight_decay, low=0)
+        _check_number("optim.power", self.power, low=0)
+        _check_int("optim.warmup", self.warmup, 0)
+        _check_number("optim.d_lr", self.d_lr, low=0, low_open=True)
+        _set(self, "d_betas", _check_betas("optim.d_betas", self.d_betas))
 
 
-@dataclass
+@dataclass(frozen=True)
 class AdaptConfig:
     lambda_adv: float = 0.001
     """Weight of the pixel-level adversarial loss."""
@@ -124,8 +160,14 @@ class AdaptConfig:
     disc_channels: int = 64
     """Base width of the output-space discriminator (64 = CLAN's; the toy preset uses 16 for speed)."""
 
+    def __post_init__(self):
+        for name in ("lambda_adv", "lambda_cos", "eps", "lambda_weight"):
+            _check_number(f"adapt.{name}", getattr(self, name), low=0)
+        _check_number("adapt.preheat", self.preheat, 0, 1)
+        _check_int("adapt.disc_channels", self.disc_channels, 1)
 
-@dataclass
+
+@dataclass(frozen=True)
 class RunConfig:
     iterations: int = 2000
     batch_size: int = 4
@@ -141,12 +183,15 @@ class RunConfig:
     tensorboard: bool = True
 
     def __post_init__(self):
-        _check_choice("run.amp", self.amp, ("none", "bf16", "fp16"))
-        if self.iterations < 1 or self.batch_size < 1:
-            raise CirnError("run.iterations and run.batch_size must be at least 1")
+        _check_choice("run.amp", self.amp, AMP_MODES)
+        for name in ("iterations", "batch_size", "eval_every", "checkpoint_every", "log_every"):
+            _check_int(f"run.{name}", getattr(self, name), 1)
+        _check_int("run.seed", self.seed, 0)
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise CirnError(f"run.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Stage1Config:
     """Stage 1: the intermediate domain (content-invariant representation), by CycleGAN or FDA."""
     cir: str = "cyclegan"
@@ -155,9 +200,9 @@ class Stage1Config:
     iterations: int = 0
     """CycleGAN training iterations; 0 = run.iterations. Non-zero replaces run.iterations in the stage-1 run (its
     saved config shows the value used), so one config file can size stage 1 and the segmentation stages apart."""
-    crop_size: tuple = (1024, 512)
-    """(width, height) random crop of the resized source and target images for training; multiples of 4 that fit
-    in data.source_size and data.target_size. Translation runs on the whole resized source image."""
+    crop_size_wh: tuple = (1024, 512)
+    """[width, height] random crop of the resized source and target images for training; multiples of 4 that fit
+    in data.source_size_wh and data.target_size_wh. Translation runs on the whole resized source image."""
     ngf: int = 64
     """Generator base width (junyanz: 64)."""
     ndf: int = 64
@@ -177,7 +222,7 @@ class Stage1Config:
     lr: float = 2e-4
     """Adam learning rate of the generators and the discriminators."""
     betas: tuple = (0.5, 0.999)
-    """Adam betas."""
+    """Adam betas, each in [0, 1)."""
     decay_start: float = 0.5
     """Fraction of the iterations at constant lr; the lr then decays linearly to 0 (junyanz: half and half)."""
     pool_size: int = 50
@@ -186,27 +231,25 @@ class Stage1Config:
     """FDA: half-width of the swapped low-frequency band as a fraction of min(h, w) (FDA: 0.01, 0.05, 0.09)."""
 
     def __post_init__(self):
-        _check_choice("stage1.cir", self.cir, ("cyclegan", "fda"))
-        _check_choice("stage1.gan_mode", self.gan_mode, ("lsgan", "vanilla"))
-        crop = tuple(self.crop_size)
-        if len(crop) != 2 or min(crop) < 16 or crop[0] % 4 or crop[1] % 4:
-            raise CirnError(f"stage1.crop_size must be [width, height], multiples of 4 and at least 16, got "
-                            f"{list(crop)}")
-        self.crop_size = crop
-        if self.iterations < 0 or self.pool_size < 0 or self.ngf < 1 or self.ndf < 1 or self.n_blocks < 0:
-            raise CirnError("stage1.iterations, pool_size and n_blocks must be >= 0, ngf and ndf >= 1")
-        if min(self.lambda_cycle, self.lambda_identity, self.lambda_sem, self.lr) < 0:
-            raise CirnError("stage1.lambda_* and stage1.lr must be >= 0")
-        if not 0 <= self.decay_start <= 1:
-            raise CirnError(f"stage1.decay_start must be in [0, 1], got {self.decay_start}")
-        self.betas = tuple(self.betas)
-        if len(self.betas) != 2:
-            raise CirnError(f"stage1.betas must be [beta1, beta2], got {list(self.betas)}")
-        if not 0 <= self.beta < 0.5:
-            raise CirnError(f"stage1.beta must be in [0, 0.5), got {self.beta}")
+        _check_choice("stage1.cir", self.cir, CIR_METHODS)
+        _check_choice("stage1.gan_mode", self.gan_mode, GAN_MODES)
+        _set(self, "crop_size_wh", _check_pair("stage1.crop_size_wh", self.crop_size_wh,
+                                               "[width, height] of multiples of 4, at least 16",
+                                               lambda s: _is_int(s) and s >= 16 and s % 4 == 0))
+        _check_int("stage1.iterations", self.iterations, 0)
+        _check_int("stage1.ngf", self.ngf, 1)
+        _check_int("stage1.ndf", self.ndf, 1)
+        _check_int("stage1.n_blocks", self.n_blocks, 0)
+        _check_int("stage1.pool_size", self.pool_size, 0)
+        for name in ("lambda_cycle", "lambda_identity", "lambda_sem"):
+            _check_number(f"stage1.{name}", getattr(self, name), low=0)
+        _check_number("stage1.lr", self.lr, low=0, low_open=True)
+        _set(self, "betas", _check_betas("stage1.betas", self.betas))
+        _check_number("stage1.decay_start", self.decay_start, 0, 1)
+        _check_number("stage1.beta", self.beta, 0, 0.5, high_open=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Stage3Config:
     policy: str = "cbst"
     """Pseudo-label thresholds per class: 'cbst' (top-portion confidence, label = argmax(prob / threshold)) or
@@ -235,16 +278,20 @@ class Stage3Config:
     """Weight of CRST's MR-KLD confidence regulariser on the pseudo-labelled pixels (CRST uses 0.1); 0 = off."""
 
     def __post_init__(self):
-        _check_choice("stage3.policy", self.policy, ("cbst", "fda"))
-        if not 0 < self.portion <= 1 or not 0 < self.portion_max <= 1 or not 0 < self.easy_split <= 1:
-            raise CirnError("stage3.portion, stage3.portion_max and stage3.easy_split must be in (0, 1]")
-        if self.kld_weight < 0 or self.source_weight < 0:
-            raise CirnError("stage3.kld_weight and stage3.source_weight must be >= 0")
-        if self.rounds < 1:
-            raise CirnError(f"stage3.rounds must be at least 1, got {self.rounds}")
+        _check_choice("stage3.policy", self.policy, PSEUDO_LABEL_POLICIES)
+        _check_int("stage3.rounds", self.rounds, 1)
+        _check_int("stage3.iterations", self.iterations, 0)
+        _check_number("stage3.portion", self.portion, 0, 1, low_open=True)
+        _check_number("stage3.portion_step", self.portion_step, 0, 1)
+        _check_number("stage3.portion_max", self.portion_max, self.portion, 1)
+        _check_number("stage3.percentile", self.percentile, 0, 100, low_open=True)
+        _check_number("stage3.max_threshold", self.max_threshold, 0, 1, low_open=True)
+        _check_number("stage3.easy_split", self.easy_split, 0, 1, low_open=True)
+        _check_number("stage3.source_weight", self.source_weight, low=0)
+        _check_number("stage3.kld_weight", self.kld_weight, low=0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -255,11 +302,61 @@ class Config:
     stage3: Stage3Config = field(default_factory=Stage3Config)
 
 
+# ---------------------------------------------------------------- checks of single fields
 def _check_choice(key, value, choices):
     if value not in choices:
         raise CirnError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(key, value, low, high=None):
+    """A count or period: an integer in [low, high] (no upper bound when high is None)."""
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        valid = f">= {low}" if high is None else f"in {low}..{high}"
+        raise CirnError(f"{key} must be an integer {valid}, got {value!r}")
+
+
+def _check_number(key, value, low=None, high=None, low_open=False, high_open=False):
+    """A rate or weight: a finite number in the interval from low to high, each end closed unless *_open."""
+    ok = _is_number(value) and (low is None or (value > low if low_open else value >= low)) and (
+        high is None or (value < high if high_open else value <= high))
+    if not ok:
+        if high is None:
+            valid = f"a number {'>' if low_open else '>='} {low:g}"
+        else:
+            valid = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise CirnError(f"{key} must be {valid}, got {value!r}")
+
+
+def _check_pair(key, value, valid, ok):
+    """A two-element list whose elements pass `ok`, as a tuple."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(ok(v) for v in value):
+        raise CirnError(f"{key} must be {valid}, got {list(value) if isinstance(value, tuple) else value!r}")
+    return tuple(value)
+
+
+def _check_betas(key, value):
+    return _check_pair(key, value, "[beta1, beta2], each in [0, 1)", lambda b: _is_number(b) and 0 <= b < 1)
+
+
+def _check_text(key, value):
+    if not isinstance(value, str) or not value:
+        raise CirnError(f"{key} must be a non-empty string, got {value!r}")
+
+
+def _set(section, name, value):
+    """Store a normalised value (a list as a tuple) in a frozen section while it is being validated."""
+    object.__setattr__(section, name, value)
+
+
+# ---------------------------------------------------------------- merging, loading, saving
 def _coerce(key, value, annotation):
     """Check `value` against a field annotation; ints widen to floats, lists to tuples."""
     origin = typing.get_origin(annotation)
@@ -294,7 +391,8 @@ def _coerce(key, value, annotation):
 
 
 def merge(cfg, updates, prefix=""):
-    """Return a copy of dataclass `cfg` with the nested dict `updates` applied; strict about keys and types."""
+    """Return a copy of dataclass `cfg` with the nested dict `updates` applied; strict about keys and types, and
+    validated again (each section's __post_init__)."""
     if not isinstance(updates, dict):
         raise CirnError(f"{prefix or 'config'}: expected a mapping of keys, got {updates!r}")
     fields = {f.name: f for f in dataclasses.fields(cfg)}
@@ -303,6 +401,9 @@ def merge(cfg, updates, prefix=""):
     for key, value in updates.items():
         full = f"{prefix}{key}"
         if key not in fields:
+            renamed = RENAMED_KEYS.get((prefix.rstrip("."), key))
+            if renamed:
+                raise CirnError(f"config key '{full}' is now '{prefix}{renamed}' (the name says the order)")
             raise CirnError(f"unknown config key '{full}': valid keys here are {', '.join(sorted(fields))}")
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current):
@@ -316,7 +417,8 @@ def merge(cfg, updates, prefix=""):
 
 
 def parse_overrides(items):
-    """['run.iterations=10', 'data.source_size=[64,32]'] -> nested dict; values parsed as YAML."""
+    """['run.iterations=10', 'data.source_size_wh=[64,32]'] -> nested dict; values parsed as YAML."""
+    import yaml
     updates = {}
     for item in items:
         if "=" not in item:
@@ -339,6 +441,7 @@ def preset_names():
 
 
 def read_yaml(path):
+    import yaml
     path = Path(path)
     if not path.is_file():
         raise CirnError(f"config file {path} does not exist")
@@ -364,6 +467,21 @@ def load_config(preset="toy", config_file=None, overrides=(), base=None):
     return cfg
 
 
+def resolve_run(run_dir, preset="toy", config_file=None, overrides=(), updates=None, resume=False):
+    """The config of a training run in `run_dir`: preset <- config file <- `updates` <- overrides. A resumed run
+    (resume=True and a saved run_dir/config.yaml) keeps its saved config instead: saved <- `updates` <- config
+    file <- overrides, so only what is given explicitly changes. `updates`: a nested dict such as the CLI's options
+    ({"data": {"source_root": ...}, "model": {"pretrained": ...}}); None values count as not given."""
+    updates = {section: {k: v for k, v in values.items() if v is not None}
+               for section, values in (updates or {}).items()}
+    saved = Path(run_dir) / "config.yaml"
+    if resume and saved.exists():
+        base = merge(from_dict(read_yaml(saved)), updates)
+        return load_config(None, config_file, overrides, base=base)
+    cfg = load_config(preset, config_file)
+    return load_config(None, None, overrides, base=merge(cfg, updates))
+
+
 def to_dict(cfg):
     """Plain nested dict (tuples as lists) for YAML, JSON and checkpoints."""
     def plain(value):
@@ -376,8 +494,16 @@ def to_dict(cfg):
 
 
 def from_dict(data):
+    """A Config from to_dict's form, as saved in a run folder or a checkpoint; the keys of older runs
+    (RENAMED_KEYS) are read under their new names."""
+    data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for (section, old), new in RENAMED_KEYS.items():
+        values = data.get(section)
+        if isinstance(values, dict) and old in values:
+            values.setdefault(new, values.pop(old))
     return merge(Config(), data)
 
 
 def save_config(cfg, path):
+    import yaml
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -5,7 +5,7 @@
 - SynthiaDataset: RGB/NNNNNNN.png, GT/LABELS/NNNNNNN.png (16-bit, class id in the R channel)
 The intermediate domain (translated source images) uses the source class with `label_root` = the source root.
 Every item is a dict: image (3, H, W) float, label (H, W) long trainIds with 255 ignore (unless with_labels=False),
-name (relative, for prediction files) and size (original (H, W)). Models never read configs: the `build_*`
+name (relative, for prediction files) and size_hw (original (H, W)). Models never read configs: the `build_*`
 functions translate a DataConfig into these constructors.
 """
 import abc
@@ -56,11 +56,11 @@ def denormalize(tensor, mode="imagenet"):
 
 
 # ---------------------------------------------------------------- shared dataset machinery
-def _resize(array, size, resample):
-    """Resize an (H, W[, 3]) uint8 array to size=(width, height) with PIL (bicubic images, nearest labels)."""
-    if (array.shape[1], array.shape[0]) == tuple(size):
+def _resize(array, size_wh, resample):
+    """Resize an (H, W[, 3]) uint8 array to size_wh=(width, height) with PIL (bicubic images, nearest labels)."""
+    if (array.shape[1], array.shape[0]) == tuple(size_wh):
         return array
-    return np.asarray(Image.fromarray(array).resize(tuple(size), resample))
+    return np.asarray(Image.fromarray(array).resize(tuple(size_wh), resample))
 
 
 def _map_ids(lut, ids, path):
@@ -95,7 +95,7 @@ def _check_root(root, layout):
 class SegmentationDataset(Dataset, abc.ABC):
     """Loading, resizing, flipping and normalisation shared by the layouts; subclasses find samples and map labels.
 
-    `samples`: list of (name, image_path, label_path or None). `size`: (width, height) output size or None.
+    `samples`: list of (name, image_path, label_path or None). `size_wh`: (width, height) output size or None.
     `label_size`: 'image' resizes labels (nearest) to the output image size (training); 'original' keeps them as
     stored, so evaluation compares at full resolution. Indexing with an (index, seed) pair, as infinite_loader
     does, draws the random flip from `seed` instead of torch's global RNG (exact resume, any number of workers).
@@ -105,15 +105,15 @@ class SegmentationDataset(Dataset, abc.ABC):
 
     bad_images = "fail"
 
-    def __init__(self, samples, size=None, flip=False, normalization="imagenet", label_size="image",
+    def __init__(self, samples, size_wh=None, flip=False, normalization="imagenet", label_size="image",
                  with_labels=True, max_images=0):
         check_normalization(normalization)
         if label_size not in ("image", "original"):
             raise CirnError(f"label_size must be 'image' or 'original', got {label_size!r}")
-        if size is not None and (len(size) != 2 or min(size) < 1):
-            raise CirnError(f"size must be (width, height), got {size!r}")
+        if size_wh is not None and (len(size_wh) != 2 or min(size_wh) < 1):
+            raise CirnError(f"size_wh must be (width, height), got {size_wh!r}")
         self.samples = samples[:max_images] if max_images else samples
-        self.size = tuple(size) if size is not None else None
+        self.size_wh = tuple(size_wh) if size_wh is not None else None
         self.flip = flip
         self.normalization = normalization
         self.label_size = label_size
@@ -154,13 +154,13 @@ class SegmentationDataset(Dataset, abc.ABC):
         name, image_path, label_path = self.samples[index]
         image = read_image(image_path)  # (H, W, 3) uint8 RGB
         height, width = image.shape[:2]
-        if self.size is not None:
-            image = _resize(image, self.size, Image.BICUBIC)
+        if self.size_wh is not None:
+            image = _resize(image, self.size_wh, Image.BICUBIC)
         flip = self._flip_now(seed)
         if flip:
             image = image[:, ::-1]
         item = {"image": normalize(image, self.normalization), "name": name,
-                "size": torch.tensor([height, width])}
+                "size_hw": torch.tensor([height, width])}
         if self.with_labels:
             label = self.read_trainids(label_path)  # (h, w) uint8; GTA5 labels may differ in size from the image
             if self.label_size == "image":
@@ -204,7 +204,7 @@ def cityscapes_label_files(root, split):
 class CityscapesDataset(SegmentationDataset):
     """Cityscapes-layout images with labelIds mapped to trainIds; with_labels=False for the unlabelled train split."""
 
-    def __init__(self, root, split="train", size=None, list_file=None, with_labels=True, flip=False,
+    def __init__(self, root, split="train", size_wh=None, list_file=None, with_labels=True, flip=False,
                  normalization="imagenet", label_size="image", max_images=0, label_root=None):
         image_dir = cityscapes_split_dir(root, "leftImg8bit", split)
         # label_root: labels from another Cityscapes-layout root (stage 3's pseudo labels), images from `root`.
@@ -231,7 +231,7 @@ class CityscapesDataset(SegmentationDataset):
                 raise CirnError(f"image {image_path} has no label: expected {label_path} "
                                 "(use with_labels=False for an unlabelled split)")
             samples.append((name, image_path, label_path if with_labels else None))
-        super().__init__(samples, size=size, flip=flip, normalization=normalization, label_size=label_size,
+        super().__init__(samples, size_wh=size_wh, flip=flip, normalization=normalization, label_size=label_size,
                          with_labels=with_labels, max_images=max_images)
 
     def read_trainids(self, path):
@@ -251,7 +251,7 @@ class _FlatSourceDataset(SegmentationDataset):
     label_dir = ""
     layout = ""
 
-    def __init__(self, root, size=None, list_file=None, with_labels=True, flip=False, normalization="imagenet",
+    def __init__(self, root, size_wh=None, list_file=None, with_labels=True, flip=False, normalization="imagenet",
                  label_root=None, label_size="image", max_images=0):
         root = _check_root(root, self.layout)
         image_dir = root / self.image_dir
@@ -276,7 +276,7 @@ class _FlatSourceDataset(SegmentationDataset):
             if with_labels and not label_path.is_file():
                 raise CirnError(f"image {image_path} has no label: expected {label_path}")
             samples.append((image_path.stem, image_path, label_path if with_labels else None))
-        super().__init__(samples, size=size, flip=flip, normalization=normalization, label_size=label_size,
+        super().__init__(samples, size_wh=size_wh, flip=flip, normalization=normalization, label_size=label_size,
                          with_labels=with_labels, max_images=max_images)
 
     @staticmethod
@@ -342,13 +342,13 @@ def build_source_dataset(cfg_data, normalization="imagenet", intermediate=True, 
     root, label_root = source_root, None
     if intermediate and cfg_data.intermediate_root:
         root, label_root = cfg_data.intermediate_root, source_root
-    return cls(root, size=cfg_data.source_size, list_file=cfg_data.source_list or None, with_labels=with_labels,
+    return cls(root, size_wh=cfg_data.source_size_wh, list_file=cfg_data.source_list or None, with_labels=with_labels,
                flip=cfg_data.flip if flip is None else flip, normalization=normalization, label_root=label_root)
 
 
 def build_target_dataset(cfg_data, normalization="imagenet", with_labels=False, split="train", flip=None):
     """Target training set (Cityscapes layout, train split): unlabelled for adaptation, labelled for the oracle."""
-    return CityscapesDataset(_target_root(cfg_data), split=split, size=cfg_data.target_size,
+    return CityscapesDataset(_target_root(cfg_data), split=split, size_wh=cfg_data.target_size_wh,
                              list_file=cfg_data.target_list or None, with_labels=with_labels,
                              flip=cfg_data.flip if flip is None else flip, normalization=normalization)
 
@@ -363,7 +363,7 @@ def build_train_dataset(cfg_data, domain, normalization="imagenet", with_labels=
     elif domain == "pseudo":
         if not cfg_data.pseudo_root:
             raise CirnError("training on pseudo labels needs data.pseudo_root (written by cirn-train stage3)")
-        dataset = CityscapesDataset(_target_root(cfg_data), "train", size=cfg_data.target_size,
+        dataset = CityscapesDataset(_target_root(cfg_data), "train", size_wh=cfg_data.target_size_wh,
                                     list_file=cfg_data.target_list or None, flip=cfg_data.flip,
                                     normalization=normalization, label_root=cfg_data.pseudo_root)
     else:
@@ -373,8 +373,8 @@ def build_train_dataset(cfg_data, domain, normalization="imagenet", with_labels=
 
 
 def build_val_dataset(cfg_data, normalization="imagenet"):
-    """Target val split: images resized to data.target_size, labels kept at full resolution for the metric."""
-    return CityscapesDataset(_target_root(cfg_data), split=cfg_data.val_split, size=cfg_data.target_size,
+    """Target val split: images resized to data.target_size_wh, labels kept at full resolution for the metric."""
+    return CityscapesDataset(_target_root(cfg_data), split=cfg_data.val_split, size_wh=cfg_data.target_size_wh,
                              with_labels=True, flip=False, normalization=normalization, label_size="original",
                              max_images=cfg_data.max_val_images)
 

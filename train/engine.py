@@ -122,16 +122,24 @@ class RunLogger:
             self.writer.close()
 
 
-def prepare_run_dir(run_dir, cfg, resume):
-    """Create the run folder; refuse to overwrite a finished or running one unless resuming."""
+def prepare_run_dir(run_dir, resume):
+    """Check that `run_dir` may take this run: refuse a finished or running one unless resuming. Nothing is written
+    yet: open_run_dir creates the folder once the data is open, so a run that fails at start-up (a dataset root that
+    does not exist, a missing checkpoint, bad --pretrained weights) leaves no run folder behind."""
     run_dir = Path(run_dir)
     if not resume and distributed.main_decides(has_checkpoint(run_dir)):
         raise CirnError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    return run_dir
+
+
+def open_run_dir(run_dir, cfg):
+    """Create the run folder (process 0) and save the resolved config in it; a resumed run's config is saved only
+    once its checkpoint is known to fit (train_loop restores first)."""
+    run_dir = Path(run_dir)
     if distributed.is_main():
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                save_config(cfg, run_dir / "config.yaml")
+            save_config(cfg, run_dir / "config.yaml")
         except OSError as err:
             raise CirnError(f"cannot write to the run folder {run_dir}: {err.strerror}") from None
     distributed.barrier()
@@ -195,12 +203,15 @@ def train_loop(cfg, run_dir, modules, extras, step_fn, next_batch, keeper, resum
     start = restore_training_state(run_dir, cfg, modules, extras) if resume else 0
     if resume and main:
         print(f"resuming {run_dir} at iteration {start}", file=sys.stderr)
-        save_config(cfg, Path(run_dir) / "config.yaml")  # only once the checkpoint is known to fit this config
     run = cfg.run
+    # The first batch is read before anything is written: a dataset that cannot be read leaves no run folder.
+    first_batch = next_batch() if start < run.iterations else None
+    open_run_dir(run_dir, cfg)
     logger = RunLogger(run_dir, cfg, start, run.iterations, desc, quiet=quiet)
     try:
         for i in range(start, run.iterations):
-            losses = distributed.mean_losses(step_fn(next_batch(), i))
+            batch = first_batch if i == start else next_batch()
+            losses = distributed.mean_losses(step_fn(batch, i))
             check_finite(losses, i + 1, run_dir)
             logger.step(losses)
             done = i + 1

@@ -81,9 +81,8 @@ class FDATranslator:
         return fda_transfer(src, trg, self.beta)
 
 
-def translate_fda(cfg, out_dir, quiet=False):
-    """Write the FDA intermediate domain of cfg.data's source to `out_dir` (source layout); returns its manifest."""
-    from .stage1 import write_intermediate  # stage1 imports this module: import here, at call time
+def open_fda(cfg):
+    """(source set, translator, identity) of cfg's FDA intermediate domain: both datasets opened, nothing written."""
     beta = cfg.stage1.beta
     source_set = build_source_dataset(cfg.data, "tanh", intermediate=False, flip=False)
     target_set = build_target_dataset(cfg.data, "tanh", with_labels=False, flip=False)
@@ -91,4 +90,12 @@ def translate_fda(cfg, out_dir, quiet=False):
     identity = {"method": "fda", "beta": beta, "seed": cfg.run.seed,
                 "target_root": str(Path(cfg.data.target_root).resolve()) if cfg.data.target_root else "toy",
                 "target_list": cfg.data.target_list}
+    return source_set, translator, identity
+
+
+def translate_fda(cfg, out_dir, quiet=False, opened=None):
+    """Write the FDA intermediate domain of cfg.data's source to `out_dir` (source layout); returns its manifest.
+    opened: open_fda(cfg) when the caller has it already."""
+    from .stage1 import write_intermediate  # stage1 imports this module: import here, at call time
+    source_set, translator, identity = opened or open_fda(cfg)
     return write_intermediate(out_dir, cfg.data, source_set, translator, identity, quiet=quiet)

@@ -56,8 +56,7 @@ def _step(name, run_dir, fn):
 def run(cfg, out, quiet=False):
     """Run every stage into `out`, skipping finished steps and continuing interrupted ones from their checkpoints;
     returns the ablation dict (also written to out/ablation.json)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)  # created by the first step, once its data is open: a failing start leaves nothing behind
     runs = {"SO": out / "source-only", "stage1": out / "stage1", "CIR": out / "cir", "ASS": out / "ass",
             "CIR+ASS": out / "cir-ass", "CIR+ASS+ST": out / "cir-ass-st"}
 
@@ -160,7 +159,7 @@ def plot_examples(best_paths, cfg, intermediate, path, count=3):
 
     source = build_source_dataset(cfg.data, "imagenet", intermediate=False, flip=False)
     layout = SynthiaDataset if cfg.data.source == "synthia" else GTA5Dataset
-    translated = layout(intermediate, size=cfg.data.source_size, normalization="imagenet")
+    translated = layout(intermediate, size_wh=cfg.data.source_size_wh, normalization="imagenet")
     models = {row: load_model(p)[0] for row, p in best_paths.items()}
     norms = {m.normalization for m in models.values()}
     val = {n: build_val_dataset(cfg.data, n) for n in norms}

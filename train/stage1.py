@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import distributed, fda
+from .checkpoint import load_model
 from .datasets import build_source_dataset, build_target_dataset, denormalize, infinite_loader, normalize_tensor
 from .distributed import average_gradients, global_count
-from .checkpoint import load_model
-from .engine import autocast, grad_scaler, prepare_run_dir, resolve_device, seed_everything, set_lr, train_loop
+from .engine import (autocast, grad_scaler, open_run_dir, prepare_run_dir, resolve_device, seed_everything, set_lr,
+                     train_loop)
 from cirn.common.errors import CirnError
 from .io import atomic_write_bytes, atomic_write_text, write_png
 from .losses import gan_discriminator_loss, gan_loss, seg_loss, valid_pixels
@@ -70,8 +71,8 @@ class RandomCrop(Dataset):
     from the flip's default_rng(seed): crops replay exactly on resume, whatever the number of workers.
     """
 
-    def __init__(self, dataset, size):
-        self.dataset, self.size = dataset, tuple(size)
+    def __init__(self, dataset, size_wh):
+        self.dataset, self.size_wh = dataset, tuple(size_wh)
 
     @property
     def skipped(self):
@@ -85,7 +86,7 @@ class RandomCrop(Dataset):
         seed = key[1] if isinstance(key, tuple) else int(torch.randint(2**62, ()))
         rng = np.random.default_rng((seed, 1))
         height, width = item["image"].shape[-2:]
-        crop_w, crop_h = self.size
+        crop_w, crop_h = self.size_wh
         top = int(rng.integers(height - crop_h + 1))
         left = int(rng.integers(width - crop_w + 1))
         item["image"] = item["image"][:, top:top + crop_h, left:left + crop_w]  # (3, crop_h, crop_w)
@@ -206,11 +207,11 @@ def stage1_config(cfg):
 
 
 def check_crop(cfg):
-    crop = cfg.stage1.crop_size
-    for key in ("source_size", "target_size"):
+    crop = cfg.stage1.crop_size_wh
+    for key in ("source_size_wh", "target_size_wh"):
         size = getattr(cfg.data, key)
         if crop[0] > size[0] or crop[1] > size[1]:
-            raise CirnError(f"stage1.crop_size {list(crop)} does not fit in data.{key} {list(size)}: choose a "
+            raise CirnError(f"stage1.crop_size_wh {list(crop)} does not fit in data.{key} {list(size)}: choose a "
                             f"crop of at most {list(size)} (multiples of 4)")
 
 
@@ -221,8 +222,11 @@ def run(cfg, run_dir, resume=False, quiet=False, intermediate_out=None):
     cfg, s1 = stage1_config(cfg), cfg.stage1
     out = Path(intermediate_out) if intermediate_out else Path(run_dir) / "intermediate"
     if s1.cir == "fda":
-        run_dir = prepare_run_dir(run_dir, cfg, resume)
-        manifest = distributed.on_main(lambda: fda.translate_fda(cfg, out, quiet=quiet), lambda: read_manifest(out))
+        run_dir = prepare_run_dir(run_dir, resume)
+        opened = fda.open_fda(cfg)  # a dataset root that does not exist fails before the run folder is created
+        run_dir = open_run_dir(run_dir, cfg)
+        manifest = distributed.on_main(lambda: fda.translate_fda(cfg, out, quiet=quiet, opened=opened),
+                                       lambda: read_manifest(out))
         return {"run_dir": str(run_dir), "method": "fda", "intermediate": str(out), "count": manifest["count"],
                 "training": None}
 
@@ -231,15 +235,15 @@ def run(cfg, run_dir, resume=False, quiet=False, intermediate_out=None):
     seg_model = None
     if s1.lambda_sem > 0:
         seg_model = load_frozen_seg_model(s1.seg_checkpoint, cfg.model.num_classes, device)
-    run_dir = prepare_run_dir(run_dir, cfg, resume)
+    run_dir = prepare_run_dir(run_dir, resume)
     seed_everything(cfg.run.seed)
     nets = build_cyclegan(s1).to(device).train()
     opt_gen = torch.optim.Adam(nets.generator_parameters(), lr=s1.lr, betas=tuple(s1.betas))
     opt_disc = torch.optim.Adam(nets.discriminator_parameters(), lr=s1.lr, betas=tuple(s1.betas))
     pool_src, pool_trg = ImagePool(s1.pool_size, seed=cfg.run.seed), ImagePool(s1.pool_size, seed=cfg.run.seed + 1)
 
-    source_set = RandomCrop(build_source_dataset(cfg.data, "tanh", intermediate=False), s1.crop_size)
-    target_set = RandomCrop(build_target_dataset(cfg.data, "tanh", with_labels=False), s1.crop_size)
+    source_set = RandomCrop(build_source_dataset(cfg.data, "tanh", intermediate=False), s1.crop_size_wh)
+    target_set = RandomCrop(build_target_dataset(cfg.data, "tanh", with_labels=False), s1.crop_size_wh)
     source_set.dataset.bad_images = target_set.dataset.bad_images = cfg.data.bad_images
     batches_src = infinite_loader(source_set, cfg.run.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers)
     batches_trg = infinite_loader(target_set, cfg.run.batch_size, seed=cfg.run.seed + 1,
@@ -295,7 +299,7 @@ def weights_digest(module):
 
 
 def translate_cyclegan(gen_s2t, cfg, out_dir, device, quiet=False, checkpoint=""):
-    """Write G(x_s) of every source image (whole, at data.source_size) to `out_dir` in the source layout."""
+    """Write G(x_s) of every source image (whole, at data.source_size_wh) to `out_dir` in the source layout."""
     gen_s2t.eval()
     source_set = build_source_dataset(cfg.data, "tanh", intermediate=False, flip=False)
 
@@ -339,7 +343,7 @@ def write_intermediate(out_dir, cfg_data, source_set, translate, identity, quiet
     out_dir = Path(out_dir)
     source_root = cfg_data.source_root
     identity = {"source": cfg_data.source, "source_root": str(Path(source_root).resolve()) if source_root else "toy",
-                "source_list": cfg_data.source_list, "source_size": list(cfg_data.source_size), **identity}
+                "source_list": cfg_data.source_list, "source_size": list(cfg_data.source_size_wh), **identity}
     _claim(out_dir, identity)
     image_dir, label_dir = out_dir / source_set.image_dir, out_dir / source_set.label_dir
     atomic_write_text(out_dir / PARTIAL, json.dumps(identity, indent=2))

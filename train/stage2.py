@@ -69,7 +69,7 @@ def train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_tr
 
 def run(cfg, run_dir, resume=False, quiet=False):
     """Adapt from the intermediate domain (data.intermediate_root) or the source to the target; returns the summary."""
-    run_dir = prepare_run_dir(run_dir, cfg, resume)
+    run_dir = prepare_run_dir(run_dir, resume)
     device = resolve_device(cfg.run.device)
     seed_everything(cfg.run.seed)
     model = build_model(cfg.model)

@@ -71,7 +71,7 @@ def _predict(model, dataset, device, names=None):
         if names is not None and batch["name"][0] not in names:
             continue
         logits = model.fused(batch["image"].to(device))  # (1, C, h, w)
-        height, width = (int(v) for v in batch["size"][0])
+        height, width = (int(v) for v in batch["size_hw"][0])
         yield batch["name"][0], F.softmax(upsample(logits.float(), (height, width)), dim=1)[0]
 
 

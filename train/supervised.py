@@ -45,7 +45,7 @@ def run(cfg, run_dir, domain="source", resume=False, quiet=False, init=None, sou
     from `init` (an earlier stage's checkpoint) when given, adding the labelled source (intermediate domain when
     set) CE with `source_weight` when > 0 and MR-KLD on `domain`'s labelled pixels with `kld_weight`; returns the
     run summary."""
-    run_dir = prepare_run_dir(run_dir, cfg, resume)
+    run_dir = prepare_run_dir(run_dir, resume)
     device = resolve_device(cfg.run.device)
     seed_everything(cfg.run.seed)
     model = build_model(cfg.model, load_weights=init is None)

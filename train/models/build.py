@@ -2,6 +2,7 @@
 import logging
 
 from cirn.common.errors import CirnError
+from ..config import MODEL_NAMES
 from .deeplab import DeepLabResNet
 from .discriminator import FCDiscriminator
 from .heads import DEEPLAB_DILATIONS
@@ -9,8 +10,6 @@ from .mobilenet import MOBILENET_DILATIONS, MobileNetV3Backbone
 from .pretrained import load_pretrained
 from .segnet import SegNet
 from .tiny import TINY_DILATIONS, TinyBackbone
-
-MODEL_NAMES = ("deeplabv2-r101", "deeplabv2-r50", "mobilenetv3", "tiny")
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,8 @@ def summarize(model_name, num_classes=19, height=512, width=1024, num_attention=
         "num_attention": num_attention,
         "attention_scales": tuple(m.scale for m in model.attention),
         "output_stride": model.output_stride,
-        "input_size": (height, width),
-        "feature_size": tuple(features.shape[-2:]),
+        "input_size_hw": (height, width),
+        "feature_size_hw": tuple(features.shape[-2:]),
         "params_backbone": _count(model.backbone),
         "params_classifier": _count(model.classifier_c),
         "params_backbone_c": _count(model.backbone, model.classifier_c),
@@ -55,7 +55,7 @@ def describe(model_name, num_classes=19, height=512, width=1024, num_attention=2
     """`summarize` as printable text (backs `cirn-train describe`)."""
     s = summarize(model_name, num_classes, height, width, num_attention, base_width)
     scales = ", ".join(map(str, s["attention_scales"])) or "none"
-    (h, w), (fh, fw) = s["input_size"], s["feature_size"]
+    (h, w), (fh, fw) = s["input_size_hw"], s["feature_size_hw"]
     rows = [
         f"{s['model']}: {s['backbone_name']}, {s['num_classes']} classes, output stride {s['output_stride']}, "
         f"K={s['num_attention']} attention modules (pooling scales: {scales})",
