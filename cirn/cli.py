@@ -6,6 +6,8 @@ import click
 
 from cirn import __version__
 from cirn.export.choices import DEFAULT_EXPORTER, DEFAULT_FLOORS, EXPORTERS, FORMATS, OUTPUTS
+from cirn.runtime.backends import BACKENDS, DEVICES, PRECISIONS
+from cirn.runtime.sources import BAD_FRAME_POLICIES
 from cirn.train.config import CIR_METHODS, MODEL_NAMES, PROTOCOLS, SOURCES, TARGETS, preset_names
 
 
@@ -335,11 +337,12 @@ def data_toy_video(out, frames, fps, seed, size, speed):
               help="A .pt checkpoint, an exported .onnx, or a TensorRT .engine.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Overlay video (.mp4) [default for a video or camera: SOURCE-NAME_seg.mp4 here].")
-@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "tensorrt"]), default=None,
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="[default: from the model's suffix]. tensorrt with an .onnx: ONNX Runtime's TensorRT provider.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="[default: cuda when usable].")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
-              help="torch autocast (auto: fp16 on CUDA, fp32 on CPU) or the TensorRT provider's kernels.")
+@click.option("--device", type=click.Choice(DEVICES), default=None, help="[default: cuda when usable].")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="torch autocast (auto: fp16 on CUDA, fp32 on CPU) or the TensorRT provider's kernels (auto: the "
+                   "graph's; int8 runs model.int8.tensorrt.onnx).")
 @click.option("--batch", type=int, default=1, show_default=True,
               help="Frames per inference call (a static export runs them one by one; batches help GPUs most).")
 @click.option("--stride", type=int, default=1, show_default=True, help="Process every Nth frame.")
@@ -358,7 +361,7 @@ def data_toy_video(out, frames, fps, seed, size, speed):
 @click.option("--cuda-graph", is_flag=True, help="Replay TensorRT engines through CUDA graphs.")
 @click.option("--benchmark", is_flag=True, help="First time the backend alone on the same frames: the summary's "
                                                 "benchmark.ratio = end-to-end FPS / pure-inference FPS.")
-@click.option("--bad-frames", type=click.Choice(["stop", "skip", "fail"]), default="stop", show_default=True,
+@click.option("--bad-frames", type=click.Choice(BAD_FRAME_POLICIES), default=BAD_FRAME_POLICIES[0], show_default=True,
               help="An undecodable frame or image: stop there keeping what came before, skip it (counted in the "
                    "summary), or fail writing nothing.")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,

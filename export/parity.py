@@ -16,11 +16,11 @@ import os
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F
 
 from cirn.common.errors import CirnError
 from cirn.runtime.latency import measure_latency
 from cirn.runtime.ort import OrtSession
+from cirn.runtime.outputs import resize_labels
 from cirn.runtime.tensorrt import EngineRunner
 from cirn.train.evaluate import ConfusionMatrix, save_json
 
@@ -102,12 +102,10 @@ def _labels_of(output, kind):
 
 
 def _score(confusion, labels, frames):
-    """Add (B, H, W) labels to a confusion matrix, nearest-resized to each frame's label size."""
+    """Add (B, H, W) labels to a confusion matrix, resized to each frame's label size as cirn-run writes them."""
     for pred, frame in zip(labels, frames, strict=True):
-        pred = torch.from_numpy(np.ascontiguousarray(pred)).float()[None, None]  # (1, 1, H, W)
-        if tuple(pred.shape[-2:]) != frame.label.shape:
-            pred = F.interpolate(pred, size=frame.label.shape, mode="nearest")
-        confusion.update(pred[0, 0].long(), torch.from_numpy(frame.label.astype(np.int64)))
+        pred = resize_labels(np.ascontiguousarray(pred, dtype=np.uint8), frame.label.shape)  # (h, w)
+        confusion.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(frame.label.astype(np.int64)))
 
 
 def _batches(frames, batch):

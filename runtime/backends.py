@@ -26,7 +26,8 @@ from cirn.common.metadata import ModelMetadata, made_up_palette
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 DEVICES = ("cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")  # int8: the TensorRT provider on a Q/DQ graph
+TORCH_PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # autocast
 SUFFIXES = {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt",
             ".trt": "tensorrt"}
 
@@ -135,8 +136,9 @@ class TorchBackend(Backend):
         if device == "cuda" and not torch.cuda.is_available():
             raise CirnError("--device cuda: PyTorch sees no CUDA GPU here (torch.cuda.is_available() is False); "
                             "run on the CPU with --device cpu, or install a CUDA build of PyTorch on a GPU machine")
-        if precision not in PRECISIONS:
-            raise CirnError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if precision not in TORCH_PRECISIONS:
+            raise CirnError(f"the torch backend runs {', '.join(TORCH_PRECISIONS)}, not {precision!r}: for INT8 "
+                            "export the model (cirn-export --int8) and run model.int8.onnx")
         precision = ("fp16" if device == "cuda" else "fp32") if precision == "auto" else precision
         if precision == "fp16" and device != "cuda":
             raise CirnError("fp16 autocast needs CUDA; on the CPU use --precision fp32 or bf16")
