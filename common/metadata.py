@@ -6,7 +6,7 @@ JSON text; beside a TensorRT engine it is one JSON file, `model.engine.json`. Ke
     format_version   METADATA_VERSION
     cirn_version     the cirn that exported it (its presence marks a cirn export)
     model            the network's name (tiny, deeplabv2-r101, ...)
-    num_classes, class_names, palette (RGB per class; null: colours are made up)
+    num_classes, class_names, palette (RGB per class; older exports may have null: colours are made up)
     normalization    imagenet | caffe: applied inside the graph, for information
     input            {name, dtype (uint8 | float32), layout NCHW, channels RGB, range [0, 255]}
     input_size_hw    [H, W] the graph was exported at (older exports: input_size)
@@ -58,9 +58,11 @@ class ModelMetadata:
         return replace(self, **changes)
 
 
-def made_up_palette(num_classes):
-    """Deterministic pseudo-random colours for a model whose metadata has no palette."""
-    return np.random.default_rng(0).integers(0, 256, (num_classes, 3)).astype(np.uint8)
+def made_up_palette(num_classes, known=()):
+    """(num_classes, 3) uint8 colours: those `known` (e.g. Cityscapes' 19), then deterministic pseudo-random ones."""
+    known = np.asarray(known, np.uint8).reshape(-1, 3)[:num_classes]
+    extra = np.random.default_rng(0).integers(0, 256, (num_classes - len(known), 3)).astype(np.uint8)
+    return np.concatenate([known, extra])
 
 
 def from_dict(meta, source="the model"):

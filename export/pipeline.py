@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cirn import __version__
 from cirn.common.errors import CirnError
-from cirn.common.metadata import INPUT_NAME, METADATA_VERSION
+from cirn.common.metadata import INPUT_NAME, METADATA_VERSION, made_up_palette
 
 from .choices import DEFAULT_EXPORTER, FORMATS, OUTPUTS
 from .frames import calibration_frames, cityscapes_frames
@@ -45,14 +45,14 @@ def model_metadata(model, state, checkpoint, output, height, width, dynamic, inp
     from cirn.train.evaluate import class_names
     from cirn.train.labels import PALETTE
     num_classes = model.num_classes
-    palette = PALETTE.tolist()[:num_classes] if num_classes <= len(PALETTE) else None
+    palette = made_up_palette(num_classes, PALETTE).tolist()  # Cityscapes' colours, made-up ones past 19
     return {
         "format_version": METADATA_VERSION,
         "cirn_version": __version__,
         "model": state["model_meta"]["name"],
         "num_classes": num_classes,
         "class_names": list(class_names(num_classes)),
-        "palette": palette,  # RGB per trainId; None when the model has more classes than Cityscapes
+        "palette": palette,  # RGB per class
         "normalization": model.normalization,
         "input": {"name": INPUT_NAME, "dtype": input_dtype, "layout": "NCHW", "channels": "RGB",
                   "range": [0, 255]},

@@ -152,7 +152,7 @@ class TorchBackend(Backend):
         data = state["config"].get("data", {})
         width, height = data.get("target_size_wh", data.get("target_size", (256, 128)))  # target_size: older runs
         names = tuple(class_names(model.num_classes))
-        palette = PALETTE[:len(names)] if len(names) <= len(PALETTE) else made_up_palette(len(names))
+        palette = made_up_palette(len(names), PALETTE)
         meta = {"source_checkpoint": str(Path(checkpoint).resolve()), "model": state["model_meta"]["name"],
                 "normalization": model.normalization}
         super().__init__(ModelMetadata(names, palette, (int(height), int(width)), True, output, None, None, None,

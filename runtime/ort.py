@@ -173,18 +173,22 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, path, device="cpu", threads=None, tensorrt=False, precision="auto", max_batch=4):
         ort = import_onnxruntime()
         path = Path(path)
+        cuda_session = None
         if device == "auto" and not tensorrt:
-            device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
-            if device == "cuda":
-                probe = OrtSession(path, device, threads)
-                device = "cuda" if "CUDAExecutionProvider" in probe.session.get_providers() else "cpu"
+            device = "cpu"
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                cuda_session = OrtSession(path, "cuda", threads)
+                if "CUDAExecutionProvider" in cuda_session.session.get_providers():
+                    device = "cuda"
+                else:
+                    cuda_session = None  # it fell back: run a plain CPU session
         if tensorrt:  # the provider's options depend on the metadata: read it through a CPU session first
             device = "cuda"
             metadata = from_dict(OrtSession(path, "cpu", threads=1).metadata(str(path)), str(path))
             options = self._tensorrt_options(ort, path, metadata, precision, max_batch)
             self.runner = OrtSession(path, device, threads, ort_providers(ort, device, True, options))
         else:
-            self.runner = OrtSession(path, device, threads)
+            self.runner = cuda_session or OrtSession(path, device, threads)
             metadata = from_dict(self.runner.metadata(str(path)), str(path))
         used = self.runner.session.get_providers()
         wanted = "TensorrtExecutionProvider" if tensorrt else "CUDAExecutionProvider" if device == "cuda" else None

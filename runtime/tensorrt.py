@@ -218,6 +218,8 @@ class EngineRunner:
     def close(self):
         """Free the device buffers and the stream."""
         for slot in self._contexts.values():
+            if slot["graph"] is not None:
+                cuda_check(self.cudart.cudaGraphExecDestroy(slot["graph"]), "cudaGraphExecDestroy")
             slot["input"].free(self.cudart)
             slot["output"].free(self.cudart)
         self._contexts = {}

@@ -149,6 +149,20 @@ def test_backend_choice_and_errors(tmp_path, checkpoint, onnx_dynamic, onnx_stat
         inference_size_hw(static.metadata, "128")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_cuda_provider_without_a_gpu_runs_on_the_cpu(onnx_dynamic, monkeypatch):
+    """onnxruntime-gpu lists its CUDA provider on machines without a GPU, and a CUDA session there silently runs on
+    the CPU: without --device the backend probes a session and runs on the CPU; --device cuda stays an error."""
+    import onnxruntime
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    backend = open_backend(onnx_dynamic[0])
+    assert backend.device == "cpu" and backend.providers == ["CPUExecutionProvider"]
+    assert backend(np.zeros((1, 32, 64, 3), np.uint8)).shape == (1, 32, 64)
+    with pytest.raises(CirnError, match="fell back"):
+        open_backend(onnx_dynamic[0], device="cuda")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages of a machine without a GPU")
 def test_missing_gpu_and_libraries_say_what_to_install(tmp_path, checkpoint, onnx_dynamic):
     with pytest.raises(CirnError, match="no CUDA GPU"):

@@ -72,6 +72,10 @@ class FakeCudart:
         self.captured.append(graph)
         return 0, graph
 
+    def cudaGraphExecDestroy(self, graph):
+        self.captured.remove(graph)
+        return (0,)
+
     def cudaGraphLaunch(self, graph, stream):
         for launch in graph:
             launch()
@@ -184,6 +188,8 @@ def test_cuda_graphs_capture_once_per_shape_and_replay(fakes):
     assert np.array_equal(backend(other), expected(other))
     assert len(cudart.captured) == 2 and trt.engine.contexts == 2  # one context and graph per shape
     assert cudart.launches == 2 + 3 + 1  # a launch before each capture, then the replays
+    backend.close()
+    assert cudart.captured == [] and cudart.memory == {}
 
 
 def test_a_shape_outside_the_profile_and_a_failed_launch_are_clear_errors(fakes, monkeypatch):
