@@ -19,6 +19,7 @@ How the stand-ins check our code:
   functions (their signatures are introspectable and bound on every call) running on host memory, so the engine
   stand-in really computes labels and the runner's copies in and out are checked.
 """
+import ctypes
 import importlib.util
 import inspect
 import json
@@ -283,7 +284,6 @@ class Device:
         return self.ok()
 
     def _copy(self, dst, src, count, kind):
-        import ctypes
         self._expect(kind, real_cudart.cudaMemcpyKind, "cudaMemcpy")
         if kind == real_cudart.cudaMemcpyKind.cudaMemcpyHostToDevice:
             self.memory[dst][:count] = ctypes.string_at(src, count)

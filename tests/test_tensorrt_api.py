@@ -1,4 +1,5 @@
-"""cirn's TensorRT code against the real TensorRT 10 and 11 Python bindings and cuda-python, without a GPU.
+"""cirn's TensorRT code against the real TensorRT 10 and 11 Python bindings and cuda-python, without a GPU; and the
+ONNX Runtime GPU provider options against onnxruntime-gpu's provider libraries.
 
 What it checks, on TensorRT 10.16.1.11 (tensorrt-cu12-bindings, with cuda-bindings 12.9.4) and TensorRT 11.4.0.106
 (tensorrt-cu13-bindings, with cuda-bindings 13.5.0): export.tensorrt.build_engine (FP32, FP16, INT8 with a timing
@@ -8,17 +9,21 @@ method, keyword, enum value or argument type our code uses that a generation's b
 does a stand-in return value that the bindings' docstring does not promise. The TensorRT 10 branch forced onto the
 11 bindings fails (BuilderFlag.FP16 is gone there), shown by a test.
 
-How: the bindings wheels (~1.3 MB, no CUDA libraries) are fetched with `pip download --no-deps` into
-$CIRN_TRT_WHEELS or pytest's cache (reused when present; a failed download skips, or fails under CI=true). The
-C symbols `tensorrt.so` imports from libnvinfer, libnvonnxparser and libnvinfer_plugin (`nm -D --undefined-only`)
-are compiled by gcc into stand-in libraries with the sonames it asks for (`readelf -d`), so the real Python classes
-load; that happens in a child process (LD_LIBRARY_PATH), never in the pytest process.
+How: the wheels (TensorRT bindings ~1.3 MB without CUDA libraries, cuda-bindings ~10 MB, onnxruntime-gpu 255 MB)
+are fetched with `pip download --no-deps` into $CIRN_TRT_WHEELS or pytest's cache (reused when present; a failed
+download skips, or fails under CI=true). The C symbols `tensorrt.so` imports from libnvinfer, libnvonnxparser and
+libnvinfer_plugin (`nm -D --undefined-only`) are compiled by gcc into stand-in libraries with the sonames it asks
+for (`readelf -d`: .so.10 or .so.11), so the real Python classes load; that happens in a child process
+(LD_LIBRARY_PATH), never in the pytest process. cuda.bindings imports without a driver: its real functions are
+autospecced.
 
 What it cannot check: no kernel runs and nothing reaches libnvinfer, so TensorRT's own behaviour (what it returns
-for a real ONNX graph, whether a profile is valid, calibration quality) is modelled, not observed; argument types
-are checked only as far as pybind11's docstring signatures tell and `accepts` can read them (the annotations it
-could not read are listed in the report and must stay within KNOWN_UNCHECKED); IHostMemory is stood in by a
-memoryview (its docstring: the buffer protocol, dtype, nbytes). The GPU run is test_export.py's engine test.
+for a real ONNX graph, whether a profile is valid, calibration quality) is modelled, not observed. pybind11 methods
+have no inspect.signature; their docstrings do, so argument names and counts are checked, types only as far as
+`accepts` can read the annotations (those it cannot are reported and must stay within KNOWN_UNCHECKED). IHostMemory
+is stood in by a memoryview (its docstring: the buffer protocol, dtype, nbytes). The provider options are checked
+as names only (string constants of the provider library), not their values. The GPU run is test_export.py's engine
+test.
 """
 import json
 import os
@@ -96,8 +101,14 @@ def stub_libraries(module, out):
 
 @pytest.fixture(scope="session")
 def wheel_cache(request):
-    folder = os.environ.get("CIRN_TRT_WHEELS")
-    cache = Path(folder) if folder else request.config.cache.mkdir("tensorrt-api-wheels")
+    """$CIRN_TRT_WHEELS, else pytest's cache (.pytest_cache), else (cache plugin off) this session's tmp folder."""
+    folder, cache_plugin = os.environ.get("CIRN_TRT_WHEELS"), getattr(request.config, "cache", None)
+    if folder:
+        cache = Path(folder)
+    elif cache_plugin is not None:
+        cache = cache_plugin.mkdir("tensorrt-api-wheels")
+    else:
+        cache = request.getfixturevalue("tmp_path_factory").mktemp("wheels")
     cache.mkdir(parents=True, exist_ok=True)
     return cache
 
@@ -165,3 +176,53 @@ def test_the_tensorrt_10_branch_fails_on_the_tensorrt_11_bindings(bindings):
     for scenario in ("build-fp16-as-generation-10", "build-int8-as-generation-10"):
         outcome = report[scenario]
         assert outcome.get("error") == "AttributeError" and "FP16" in outcome["message"], outcome
+
+
+# ---------------------------------------------------------------- ONNX Runtime GPU provider option names
+ORT_GPU = ("onnxruntime-gpu", "1.31.1")
+PROVIDER_LIBRARIES = {"TensorrtExecutionProvider": "onnxruntime/capi/libonnxruntime_providers_tensorrt.so",
+                      "CUDAExecutionProvider": "onnxruntime/capi/libonnxruntime_providers_cuda.so"}
+
+
+@pytest.fixture(scope="session")
+def provider_libraries(wheel_cache):
+    """{provider: its library's bytes} from the onnxruntime-gpu wheel (255 MB, downloaded once into the cache).
+
+    The option names cannot be asked for without a GPU: each provider parses its options when its library loads,
+    and that library links CUDA, cuDNN and TensorRT. What the wheel does show: each name it accepts is a string
+    constant of its library, and unknown names are rejected ("Unknown provider option"), so a misspelt or removed
+    option would fail the first session on a GPU; this finds it before."""
+    with zipfile.ZipFile(wheel(wheel_cache, *ORT_GPU)) as archive:
+        return {provider: archive.read(member) for provider, member in PROVIDER_LIBRARIES.items()}
+
+
+def test_the_provider_options_we_pass_are_names_onnxruntime_gpu_knows(provider_libraries):
+    import types
+
+    from cirn.runtime.ort import ort_providers, ort_tensorrt_providers
+    from cirn.runtime.tensorrt import profile_shapes
+    ort = types.SimpleNamespace(__version__=ORT_GPU[1], get_available_providers=lambda: list(PROVIDER_LIBRARIES))
+    provider_lists = [ort_providers(ort, "cuda")]
+    provider_lists += [ort_tensorrt_providers(precision, profile_shapes(32, 64, dynamic=True), "/cache", generation)
+                       for precision in ("fp32", "fp16", "int8") for generation in (10, 11)]
+    used = {}
+    for providers in provider_lists:
+        for name, options in (p for p in providers if isinstance(p, tuple)):
+            used.setdefault(name, set()).update(options)
+    assert set(used) == set(PROVIDER_LIBRARIES) and "trt_int8_enable" in used["TensorrtExecutionProvider"]
+    for provider, keys in used.items():
+        library = provider_libraries[provider]
+        assert b"Unknown provider option" in library  # unknown names are errors, not ignored
+        unknown = sorted(k for k in keys if b"\0" + k.encode() + b"\0" not in library)
+        assert not unknown, f"onnxruntime-gpu {ORT_GPU[1]}'s {provider} has no option {unknown}"
+
+
+def test_the_tensorrt_generation_of_onnxruntime_gpus_provider_is_read_from_its_library(provider_libraries, tmp_path):
+    import types
+
+    from cirn.runtime.ort import provider_tensorrt_generation
+    library = tmp_path / PROVIDER_LIBRARIES["TensorrtExecutionProvider"]
+    library.parent.mkdir(parents=True)
+    library.write_bytes(provider_libraries["TensorrtExecutionProvider"])
+    ort = types.SimpleNamespace(__file__=str(tmp_path / "onnxruntime" / "__init__.py"))
+    assert provider_tensorrt_generation(ort) == 10  # onnxruntime-gpu 1.31 links libnvinfer.so.10
