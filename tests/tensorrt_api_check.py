@@ -334,10 +334,10 @@ class Device:
 
 # ---------------------------------------------------------------- the tensorrt module our code imports
 def tensorrt_module(builder=None, parser=None, runtime=None):
-    """A module with the real bindings' contents, whose Builder, OnnxParser and Runtime return stand-ins."""
+    """The `tensorrt` module as pip's tensorrt package makes it (its __init__.py: `from tensorrt_bindings import *`
+    and __version__), whose Builder, OnnxParser and Runtime return stand-ins."""
     trt = types.ModuleType("tensorrt")
-    trt.__dict__.update({name: getattr(real_trt, name) for name in dir(real_trt) if not name.startswith("__")})
-    trt.__version__ = real_trt.__version__
+    exec("from tensorrt_bindings import *\nfrom tensorrt_bindings import __version__", trt.__dict__)
     trt.Builder = constructor(real_trt.Builder, lambda logger: builder)
     trt.OnnxParser = constructor(real_trt.OnnxParser, lambda network, logger: parser)
     trt.Runtime = constructor(real_trt.Runtime, lambda logger: runtime)
