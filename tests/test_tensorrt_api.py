@@ -1,8 +1,10 @@
 """cirn's TensorRT code against the real TensorRT 10 and 11 Python bindings and cuda-python, without a GPU; and the
 ONNX Runtime GPU provider options against onnxruntime-gpu's provider libraries.
 
-What it checks, on TensorRT 10.16.1.11 (tensorrt-cu12-bindings, with cuda-bindings 12.9.4) and TensorRT 11.4.0.106
-(tensorrt-cu13-bindings, with cuda-bindings 13.5.0): export.tensorrt.build_engine (FP32, FP16, INT8 with a timing
+What it checks, on TensorRT 10.16.1.11 for CUDA 12 (tensorrt-cu12-bindings, with cuda-bindings 12.9.4) and for
+CUDA 13 (tensorrt-cu13-bindings 10.16.1.11: what the `gpu` extra installs, the TensorRT that onnxruntime-gpu 1.31's
+provider links; with cuda-bindings 13.5.0), and TensorRT 11.4.0.106 (tensorrt-cu13-bindings, with cuda-bindings
+13.5.0): export.tensorrt.build_engine (FP32, FP16, INT8 with a timing
 cache and calibration frames, uint8 and float32 inputs) and runtime's EngineRunner/TensorRTBackend (with and without
 CUDA graphs) run against stand-ins made from the real classes (tests/tensorrt_api_check.py says how): an attribute,
 method, keyword, enum value or argument type our code uses that a generation's bindings lack fails the test, and so
@@ -39,9 +41,10 @@ import pytest
 HERE = Path(__file__).parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PATHFINDER = ("cuda-pathfinder", "1.9.1")  # cuda-bindings imports it (it finds the CUDA libraries at call time)
-GENERATIONS = {
-    10: [("tensorrt-cu12-bindings", "10.16.1.11"), ("cuda-bindings", "12.9.4"), PATHFINDER],
-    11: [("tensorrt-cu13-bindings", "11.4.0.106"), ("cuda-bindings", "13.5.0"), PATHFINDER],
+BINDINGS = {  # id: the wheels of one install
+    "tensorrt10-cuda12": [("tensorrt-cu12-bindings", "10.16.1.11"), ("cuda-bindings", "12.9.4"), PATHFINDER],
+    "tensorrt10-cuda13": [("tensorrt-cu13-bindings", "10.16.1.11"), ("cuda-bindings", "13.5.0"), PATHFINDER],
+    "tensorrt11-cuda13": [("tensorrt-cu13-bindings", "11.4.0.106"), ("cuda-bindings", "13.5.0"), PATHFINDER],
 }
 PASSING = ["build-fp32", "build-fp16", "build-int8", "build-int8-float32-input", "run", "run-cuda-graph"]
 KNOWN_UNCHECKED = set()  # annotations tensorrt_api_check.accepts cannot read; none today
@@ -113,16 +116,17 @@ def wheel_cache(request):
     return cache
 
 
-@pytest.fixture(scope="session", params=sorted(GENERATIONS), ids=lambda g: f"tensorrt{g}")
+@pytest.fixture(scope="session", params=sorted(BINDINGS))
 def bindings(request, wheel_cache, tmp_path_factory):
-    """{generation, libraries, report}: the child process's report for one generation (run once per session)."""
-    generation = request.param
+    """{generation, libraries, report}: the child process's report for one install (run once per session)."""
+    wheels = BINDINGS[request.param]
+    generation = int(wheels[0][1].split(".")[0])
     for tool in ("gcc", "nm", "readelf"):
         if shutil.which(tool) is None:
             unavailable(f"{tool} is needed to build the stand-in TensorRT libraries")
-    root = tmp_path_factory.mktemp(f"tensorrt{generation}")
+    root = tmp_path_factory.mktemp(request.param)
     site = root / "site"
-    for name, version in GENERATIONS[generation]:
+    for name, version in wheels:
         with zipfile.ZipFile(wheel(wheel_cache, name, version)) as archive:
             archive.extractall(site)
     libraries = stub_libraries(site / "tensorrt_bindings" / "tensorrt.so", root / "libs")
