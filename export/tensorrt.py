@@ -121,7 +121,7 @@ def build_engine(onnx_path, engine_path, precision, profile, calibration_frames=
     if config.add_optimization_profile(optimization_profile) < 0:
         raise CirnError(f"TensorRT rejected the optimisation profile {profile} of {onnx_path}")
 
-    calibration_cache = None
+    calibration_cache = calibrator = None
     if generation < 11:
         if precision in ("fp16", "int8"):
             config.set_flag(trt.BuilderFlag.FP16)  # int8 layers' neighbours run in half, not float
@@ -131,7 +131,8 @@ def build_engine(onnx_path, engine_path, precision, profile, calibration_frames=
             calibration_cache = engine_path.with_name(engine_path.name + ".calib")
             config.set_flag(trt.BuilderFlag.INT8)
             input_dtype = np.dtype(trt.nptype(network.get_input(0).dtype))
-            config.int8_calibrator = _entropy_calibrator(trt, calibration_frames, calibration_cache, input_dtype)
+            calibrator = _entropy_calibrator(trt, calibration_frames, calibration_cache, input_dtype)
+            config.int8_calibrator = calibrator
             # Calibration runs at the calibration profile's opt shape: one frame at the export size, which is what
             # get_batch hands over (the optimisation profile's opt may be another batch).
             one_frame = (1, *profile["opt"][1:])
@@ -152,7 +153,11 @@ def build_engine(onnx_path, engine_path, precision, profile, calibration_frames=
         log(f"building the TensorRT {trt.__version__} {precision} engine from {Path(onnx_path).name} "
             f"(profile min {shape_string(profile['min'])}, opt {shape_string(profile['opt'])}, "
             f"max {shape_string(profile['max'])})")
-    serialized = builder.build_serialized_network(network, config)
+    try:
+        serialized = builder.build_serialized_network(network, config)
+    finally:
+        if calibrator is not None:  # its frame buffer on the GPU: calibration is over once the build returns
+            calibrator.buffer.free(import_cudart())
     if serialized is None:
         raise CirnError(f"TensorRT could not build the {precision} engine from {onnx_path}; its log above says why")
     with open(engine_path, "wb") as f:
