@@ -193,7 +193,9 @@ class EngineRunner:
         cuda_check(cudart.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
         self._execute(context)
         graph = cuda_check(cudart.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
-        return cuda_check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        graph_exec = cuda_check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        cuda_check(cudart.cudaGraphDestroy(graph), "cudaGraphDestroy")  # the executable graph keeps what it needs
+        return graph_exec
 
     def _execute(self, context):
         if not context.execute_async_v3(int(self.stream)):

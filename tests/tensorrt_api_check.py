@@ -216,7 +216,8 @@ class Device:
 
     FUNCTIONS = ("cudaGetDeviceCount", "cudaGetDeviceProperties", "cudaStreamCreate", "cudaStreamDestroy",
                  "cudaStreamSynchronize", "cudaMalloc", "cudaFree", "cudaMemcpy", "cudaMemcpyAsync",
-                 "cudaStreamBeginCapture", "cudaStreamEndCapture", "cudaGraphInstantiate", "cudaGraphLaunch")
+                 "cudaStreamBeginCapture", "cudaStreamEndCapture", "cudaGraphInstantiate", "cudaGraphLaunch",
+                 "cudaGraphDestroy", "cudaGraphExecDestroy")
 
     def __init__(self):
         self.memory, self.streams, self.graphs = {}, set(), {}
@@ -314,6 +315,15 @@ class Device:
         self._expect(graph, real_cudart.cudaGraph_t, "cudaGraphInstantiate")
         self._expect(flags, int, "cudaGraphInstantiate's flags")
         return self.ok(real_cudart.cudaGraphExec_t(int(graph)))
+
+    def _cudaGraphDestroy(self, graph):
+        self._expect(graph, real_cudart.cudaGraph_t, "cudaGraphDestroy")
+        return self.ok()
+
+    def _cudaGraphExecDestroy(self, graph_exec):
+        self._expect(graph_exec, real_cudart.cudaGraphExec_t, "cudaGraphExecDestroy")
+        self.graphs.pop(int(graph_exec))
+        return self.ok()
 
     def _cudaGraphLaunch(self, graph_exec, stream):
         self._expect(graph_exec, real_cudart.cudaGraphExec_t, "cudaGraphLaunch")
@@ -531,10 +541,10 @@ def run_engine(cuda_graph):
         except CirnError as err:
             assert "outside its optimisation profile" in str(err)
         description = backend.describe()
+        assert len(device.graphs) == (2 if cuda_graph else 0)  # one executable graph per shape
         backend.close()
-    assert device.memory == {} and device.streams == set()
+    assert device.memory == {} and device.streams == set() and device.graphs == {}  # close frees all of it
     assert len(contexts) == (3 if cuda_graph else 1)  # with graphs: a context per shape (the refused one too)
-    assert len(device.graphs) == (2 if cuda_graph else 0)
     assert len(device.stream_of_launches) == 1
     return {"contexts": len(contexts), "launches": device.launches, "describe": description}
 

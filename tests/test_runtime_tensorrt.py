@@ -72,6 +72,9 @@ class FakeCudart:
         self.captured.append(graph)
         return 0, graph
 
+    def cudaGraphDestroy(self, graph):
+        return (0,)
+
     def cudaGraphExecDestroy(self, graph):
         self.captured.remove(graph)
         return (0,)
