@@ -117,7 +117,7 @@ def main(argv=None):
               "peak_memory_gb": round(peak, 2), "memory_kind": "max_memory_allocated" if gpu else "peak RSS",
               "after_build_gb": round(after_build, 2), "seconds_per_iteration": round(seconds, 3),
               "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "losses": {k: round(v, 4) for k, v in losses.items()}}
+              "losses": {k: round(float(v), 4) for k, v in losses.items()}}
     if gpu:
         result["reserved_gb"] = round(torch.cuda.max_memory_reserved() / 1e9, 2)
         result["gpu"] = torch.cuda.get_device_name(0)

@@ -27,7 +27,7 @@ PROTOCOLS = (19, 16, 13)
 BAD_IMAGE_POLICIES = ("fail", "skip")
 MODEL_NAMES = ("deeplabv2-r101", "deeplabv2-r50", "mobilenetv3", "tiny")
 BATCHNORM_MODES = ("auto", "frozen", "train")
-AMP_MODES = ("none", "bf16", "fp16")
+AMP_MODES = ("auto", "none", "bf16", "fp16")
 CIR_METHODS = ("cyclegan", "fda")
 GAN_MODES = ("lsgan", "vanilla")
 PSEUDO_LABEL_POLICIES = ("cbst", "fda")
@@ -178,8 +178,8 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     """auto | cpu | cuda | cuda:N."""
-    amp: str = "none"
-    """Mixed precision: none | bf16 | fp16 (fp16 on CUDA only)."""
+    amp: str = "auto"
+    """Mixed precision: auto (bf16 on a CUDA GPU that has it, else none) | none (fp32) | bf16 | fp16 (CUDA only)."""
     tensorboard: bool = True
 
     def __post_init__(self):

@@ -33,6 +33,8 @@ def seed_everything(seed):
 
 
 def resolve_device(spec):
+    """The run's torch.device; on CUDA cuDNN times its convolution algorithms once per input shape and keeps the
+    fastest (training sizes are fixed, so that is once per run; results are then not bit-reproducible on GPUs)."""
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(spec)
@@ -40,11 +42,28 @@ def resolve_device(spec):
         raise CirnError(f"run.device={spec} but no CUDA GPU is visible; use run.device=cpu")
     if device.type == "cuda" and device.index is None and distributed.enabled():
         device = torch.device("cuda", distributed.local_rank())  # one GPU per torchrun process
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     return device
 
 
+def on_device(module, device):
+    """`module` on `device`; on CUDA in channels-last memory, the layout cuDNN's tensor-core convolutions read
+    without transposing (bf16 convolutions on recent GPUs run markedly faster so)."""
+    module = module.to(device)
+    return module.to(memory_format=torch.channels_last) if device.type == "cuda" else module
+
+
+def resolve_amp(device, amp):
+    """run.amp with auto resolved: bf16 on a CUDA GPU that has it, else none (fp32)."""
+    if amp != "auto":
+        return amp
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
+
+
 def autocast(device, amp):
-    """Mixed precision context: bf16 on CPU or CUDA, fp16 on CUDA only; 'none' runs in fp32."""
+    """Mixed precision context: bf16 on CPU or CUDA, fp16 on CUDA only; 'none' runs in fp32; auto: resolve_amp."""
+    amp = resolve_amp(device, amp)
     if amp == "none":
         return nullcontext()
     if amp == "fp16" and device.type != "cuda":
@@ -54,6 +73,7 @@ def autocast(device, amp):
 
 def grad_scaler(device, amp):
     """Loss scaling for fp16 on CUDA; a pass-through (enabled=False) otherwise, so the loops need no branches."""
+    amp = resolve_amp(device, amp)
     return torch.amp.GradScaler("cuda", enabled=(amp == "fp16" and device.type == "cuda"))
 
 
@@ -110,8 +130,13 @@ class RunLogger:
                     self.writer.add_scalar(f"{kind}/{key}", value, iteration)
 
     def step(self, losses):
+        """One iteration done, with its losses read (floats) for the bar."""
         self.bar.update(1)
         self.bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+
+    def advance(self):
+        """One iteration done whose losses were not read (no host sync)."""
+        self.bar.update(1)
 
     def message(self, text):
         self.bar.write(text, file=sys.stderr)
@@ -146,13 +171,24 @@ def open_run_dir(run_dir, cfg):
     return run_dir
 
 
-def check_finite(losses, iteration, run_dir):
-    """Stop on NaN/inf with the iteration; the last good checkpoint stays untouched."""
+def loss_values(losses):
+    """{name: float} of {name: 0-dim tensor or float}: one device-to-host copy for all of them."""
+    tensors = [v for v in losses.values() if isinstance(v, torch.Tensor)]
+    device = tensors[0].device if tensors else "cpu"
+    stacked = torch.stack([torch.as_tensor(v, device=device).detach().float().reshape(()) for v in losses.values()])
+    return dict(zip(losses, stacked.tolist()))
+
+
+def check_finite(losses, iteration, run_dir, every=1):
+    """Stop on NaN/inf with the iteration (losses are read every `every` iterations); the last good checkpoint
+    stays untouched."""
     bad = [k for k, v in losses.items() if not math.isfinite(v)]
     if bad:
-        raise CirnError(f"loss {', '.join(bad)} became {losses[bad[0]]} at iteration {iteration}; training "
-                        f"stopped. The last good checkpoint is in {Path(run_dir) / 'checkpoints'}; lower the "
-                        "learning rate or check the data, then --resume")
+        when = f"at iteration {iteration}" if every == 1 else (f"by iteration {iteration} (losses are read every "
+                                                               f"run.log_every={every} iterations)")
+        raise CirnError(f"loss {', '.join(bad)} became {losses[bad[0]]} {when}; training stopped. The last good "
+                        f"checkpoint is in {Path(run_dir) / 'checkpoints'}; lower the learning rate or check the "
+                        "data, then --resume")
 
 
 # ---------------------------------------------------------------- evaluation and the loop
@@ -193,7 +229,7 @@ class BestKeeper:
 def train_loop(cfg, run_dir, modules, extras, step_fn, next_batch, keeper, resume, desc, quiet=False):
     """The iteration skeleton every stage shares: step, NaN check, logging, evaluation, checkpoints, resume.
 
-    `step_fn(batch, iteration) -> dict of float losses` holds the stage's own work (its lr schedule and
+    `step_fn(batch, iteration) -> dict of 0-dim loss tensors` holds the stage's own work (its lr schedule and
     train_step); `modules` and `extras` are everything with a state_dict that a resumed run needs back.
     Under torchrun (distributed.py) every process runs the steps on its share of the batch and sees the losses
     averaged over all; process 0 alone logs, evaluates and writes checkpoints and the summary.
@@ -211,15 +247,25 @@ def train_loop(cfg, run_dir, modules, extras, step_fn, next_batch, keeper, resum
     try:
         for i in range(start, run.iterations):
             batch = first_batch if i == start else next_batch()
-            losses = distributed.mean_losses(step_fn(batch, i))
-            check_finite(losses, i + 1, run_dir)
-            logger.step(losses)
+            losses = step_fn(batch, i)  # 0-dim tensors, still on the device
             done = i + 1
-            if done % run.log_every == 0 or done == run.iterations:
-                logger.log(done, losses)
-            if main and (done % run.eval_every == 0 or done == run.iterations):
+            log_now = done % run.log_every == 0 or done == run.iterations
+            eval_now = done % run.eval_every == 0 or done == run.iterations
+            save_now = done % run.checkpoint_every == 0 or done == run.iterations
+            if not (log_now or eval_now or save_now):
+                logger.advance()
+                continue
+            # The one host sync of the loop, at these iterations only: reading a loss waits for the GPU to finish
+            # the step, so between them the host queues steps ahead (nanoGPT syncs at its log steps alike). The
+            # NaN check runs here, before any evaluation or checkpoint could keep a broken model.
+            values = distributed.mean_losses(loss_values(losses))
+            check_finite(values, done, run_dir, run.log_every)
+            logger.step(values)
+            if log_now:
+                logger.log(done, values)
+            if main and eval_now:
                 keeper.evaluate(modules["model"], done, logger)
-            if main and (done % run.checkpoint_every == 0 or done == run.iterations):
+            if main and save_now:
                 save_training_state(run_dir, done, cfg, modules, extras)
     finally:
         logger.close()

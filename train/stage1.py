@@ -26,8 +26,8 @@ from . import distributed, fda
 from .checkpoint import load_model
 from .datasets import build_source_dataset, build_target_dataset, denormalize, infinite_loader, normalize_tensor
 from .distributed import average_gradients, global_count
-from .engine import (autocast, grad_scaler, open_run_dir, prepare_run_dir, resolve_device, seed_everything, set_lr,
-                     train_loop)
+from .engine import (autocast, grad_scaler, on_device, open_run_dir, prepare_run_dir, resolve_device, seed_everything,
+                     set_lr, train_loop)
 from cirn.common.errors import CirnError
 from .io import atomic_write_bytes, atomic_write_text, write_png
 from .losses import gan_discriminator_loss, gan_loss, seg_loss, valid_pixels
@@ -108,12 +108,13 @@ class LossMeans:
         self.sums, self.count = {}, 0
 
     def add(self, losses):
+        """Add one step's losses (0-dim tensors: summed on the device, read at evaluate)."""
         for key, value in losses.items():
             self.sums[key] = self.sums.get(key, 0.0) + value
         self.count += 1
 
     def evaluate(self, model, iteration, logger=None):
-        means = {key: total / max(1, self.count) for key, total in self.sums.items()}
+        means = {key: float(total) / max(1, self.count) for key, total in self.sums.items()}
         self.history.append({"iteration": iteration, **means})
         if logger is not None:
             logger.log(iteration, means, kind="mean")
@@ -122,7 +123,7 @@ class LossMeans:
         return means
 
     def state_dict(self):
-        return {"history": self.history, "sums": self.sums, "count": self.count}
+        return {"history": self.history, "sums": {k: float(v) for k, v in self.sums.items()}, "count": self.count}
 
     def load_state_dict(self, state):
         self.history, self.sums, self.count = state["history"], state["sums"], state["count"]
@@ -196,7 +197,7 @@ def train_step(nets, seg_model, opt_gen, opt_disc, pool_src, pool_trg, images_sr
     average_gradients(*discs)
     scaler.step(opt_disc)
     scaler.update()
-    return {key: value.item() for key, value in losses.items()}
+    return {key: value.detach() for key, value in losses.items()}  # 0-dim tensors: train_loop reads them
 
 
 def stage1_config(cfg):
@@ -237,7 +238,7 @@ def run(cfg, run_dir, resume=False, quiet=False, intermediate_out=None):
         seg_model = load_frozen_seg_model(s1.seg_checkpoint, cfg.model.num_classes, device)
     run_dir = prepare_run_dir(run_dir, resume)
     seed_everything(cfg.run.seed)
-    nets = build_cyclegan(s1).to(device).train()
+    nets = on_device(build_cyclegan(s1), device).train()
     opt_gen = torch.optim.Adam(nets.generator_parameters(), lr=s1.lr, betas=tuple(s1.betas))
     opt_disc = torch.optim.Adam(nets.discriminator_parameters(), lr=s1.lr, betas=tuple(s1.betas))
     pool_src, pool_trg = ImagePool(s1.pool_size, seed=cfg.run.seed), ImagePool(s1.pool_size, seed=cfg.run.seed + 1)
@@ -245,9 +246,11 @@ def run(cfg, run_dir, resume=False, quiet=False, intermediate_out=None):
     source_set = RandomCrop(build_source_dataset(cfg.data, "tanh", intermediate=False), s1.crop_size_wh)
     target_set = RandomCrop(build_target_dataset(cfg.data, "tanh", with_labels=False), s1.crop_size_wh)
     source_set.dataset.bad_images = target_set.dataset.bad_images = cfg.data.bad_images
-    batches_src = infinite_loader(source_set, cfg.run.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers)
+    pin = device.type == "cuda"  # page-locked batches: the non_blocking copies overlap the GPU's work
+    batches_src = infinite_loader(source_set, cfg.run.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
+                                  pin_memory=pin)
     batches_trg = infinite_loader(target_set, cfg.run.batch_size, seed=cfg.run.seed + 1,
-                                  num_workers=cfg.data.num_workers)
+                                  num_workers=cfg.data.num_workers, pin_memory=pin)
     keeper = LossMeans()
     amp_ctx, scaler = autocast(device, cfg.run.amp), grad_scaler(device, cfg.run.amp)
 
@@ -257,8 +260,9 @@ def run(cfg, run_dir, resume=False, quiet=False, intermediate_out=None):
         set_lr(opt_gen, lr)
         set_lr(opt_disc, lr)
         losses = train_step(nets, seg_model, opt_gen, opt_disc, pool_src, pool_trg,
-                            batch_src["image"].to(device), batch_src["label"].to(device),
-                            batch_trg["image"].to(device), s1, amp_ctx, scaler)
+                            batch_src["image"].to(device, non_blocking=True),
+                            batch_src["label"].to(device, non_blocking=True),
+                            batch_trg["image"].to(device, non_blocking=True), s1, amp_ctx, scaler)
         losses = distributed.mean_losses(losses)  # the logged means are those of the global batch
         keeper.add(losses)
         return losses

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from .datasets import build_train_dataset, build_val_dataset, infinite_loader
 from .distributed import average_gradients, global_count
-from .engine import (BestKeeper, autocast, grad_scaler, poly_lr, prepare_run_dir, resolve_device,
+from .engine import (BestKeeper, autocast, grad_scaler, on_device, poly_lr, prepare_run_dir, resolve_device,
                      seed_everything, seg_optimizer, set_lr, train_loop)
 from .losses import adversarial_loss, disagreement_map, discriminator_loss, seg_loss, valid_pixels, weight_discrepancy
 from .models import build_discriminator, build_model, upsample
@@ -62,9 +62,9 @@ def train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_tr
     scaler.step(opt_seg)
     scaler.step(opt_disc)
     scaler.update()
-    return {"loss_seg_src": loss_seg_src.item(), "loss_adv_trg": loss_adv_trg.item(),
-            "loss_discrepancy": loss_discrepancy.item(), "loss_d_src": loss_d_src.item(),
-            "loss_d_trg": loss_d_trg.item(), "disagreement": weight_map.mean().item()}
+    losses = {"loss_seg_src": loss_seg_src, "loss_adv_trg": loss_adv_trg, "loss_discrepancy": loss_discrepancy,
+              "loss_d_src": loss_d_src, "loss_d_trg": loss_d_trg, "disagreement": weight_map.mean()}
+    return {key: value.detach() for key, value in losses.items()}  # 0-dim tensors: train_loop reads them
 
 
 def run(cfg, run_dir, resume=False, quiet=False):
@@ -73,16 +73,18 @@ def run(cfg, run_dir, resume=False, quiet=False):
     device = resolve_device(cfg.run.device)
     seed_everything(cfg.run.seed)
     model = build_model(cfg.model)
-    model.to(device).train()
-    disc = build_discriminator(cfg.model.num_classes, cfg.adapt.disc_channels).to(device).train()
+    model = on_device(model, device).train()
+    disc = on_device(build_discriminator(cfg.model.num_classes, cfg.adapt.disc_channels), device).train()
     opt_seg = seg_optimizer(model, cfg.optim)
     opt_disc = torch.optim.Adam(disc.parameters(), lr=cfg.optim.d_lr, betas=tuple(cfg.optim.d_betas))
 
     labelled = build_train_dataset(cfg.data, "source", model.normalization)
     unlabelled = build_train_dataset(cfg.data, "target", model.normalization, with_labels=False)
-    batches_src = infinite_loader(labelled, cfg.run.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers)
+    pin = device.type == "cuda"  # page-locked batches: the non_blocking copies overlap the GPU's work
+    batches_src = infinite_loader(labelled, cfg.run.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
+                                  pin_memory=pin)
     batches_trg = infinite_loader(unlabelled, cfg.run.batch_size, seed=cfg.run.seed + 1,
-                                  num_workers=cfg.data.num_workers)
+                                  num_workers=cfg.data.num_workers, pin_memory=pin)
     keeper = BestKeeper(run_dir, cfg, build_val_dataset(cfg.data, model.normalization), device)
     amp_ctx, scaler = autocast(device, cfg.run.amp), grad_scaler(device, cfg.run.amp)
 
@@ -93,8 +95,10 @@ def run(cfg, run_dir, resume=False, quiet=False):
         set_lr(opt_disc, poly_lr(cfg.optim.d_lr, i, cfg.run.iterations, cfg.optim.power, cfg.optim.warmup))
         damping, preheat = adversarial_schedule(i, cfg.run.iterations, cfg.adapt.damp, cfg.adapt.preheat)
         return train_step(model, disc, opt_seg, opt_disc,
-                          batch_src["image"].to(device), batch_src["label"].to(device),
-                          batch_trg["image"].to(device), cfg.adapt, damping, preheat, amp_ctx, scaler)
+                          batch_src["image"].to(device, non_blocking=True),
+                          batch_src["label"].to(device, non_blocking=True),
+                          batch_trg["image"].to(device, non_blocking=True), cfg.adapt, damping, preheat, amp_ctx,
+                          scaler)
 
     modules = {"model": model, "disc": disc, "opt_seg": opt_seg, "opt_disc": opt_disc, "scaler": scaler}
     extras = {"batches_src": batches_src, "batches_trg": batches_trg}

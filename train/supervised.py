@@ -5,15 +5,15 @@ intermediate domain alongside, as CBST). One loop: segmentation CE on the fused 
 from .distributed import average_gradients, global_count
 from .datasets import build_train_dataset, build_val_dataset, infinite_loader
 from .checkpoint import init_from_checkpoint
-from .engine import (BestKeeper, autocast, grad_scaler, poly_lr, prepare_run_dir, resolve_device, seed_everything,
-                     seg_optimizer, set_lr, train_loop)
+from .engine import (BestKeeper, autocast, grad_scaler, on_device, poly_lr, prepare_run_dir, resolve_device,
+                     seed_everything, seg_optimizer, set_lr, train_loop)
 from .losses import kld_regularizer, seg_loss, valid_pixels
 from .models import build_model
 
 
 def train_step(model, optimizer, images, labels, amp_ctx, scaler, batch_src=None, kld_weight=0.0):
-    """One SGD step on a labelled batch; returns the named losses as floats. batch_src: (images, labels, weight) of
-    a batch of the labelled source (the intermediate domain when set) whose CE is added with that weight
+    """One SGD step on a labelled batch; returns the named losses as 0-dim tensors. batch_src: (images, labels,
+    weight) of a batch of the labelled source (the intermediate domain when set) whose CE is added with that weight
     (loss_seg_src: stage 3's CBST-style source term beside the pseudo labels). kld_weight > 0 adds CRST's MR-KLD
     regulariser on the first batch's labelled pixels (loss_kld)."""
     def fused_logits(batch_images):
@@ -37,7 +37,7 @@ def train_step(model, optimizer, images, labels, amp_ctx, scaler, batch_src=None
     average_gradients(model)  # under torchrun: the gradient of the global batch
     scaler.step(optimizer)
     scaler.update()
-    return {key: value.item() for key, value in losses.items()}
+    return {key: value.detach() for key, value in losses.items()}  # read by train_loop at its log steps
 
 
 def run(cfg, run_dir, domain="source", resume=False, quiet=False, init=None, source_weight=0.0, kld_weight=0.0):
@@ -51,15 +51,17 @@ def run(cfg, run_dir, domain="source", resume=False, quiet=False, init=None, sou
     model = build_model(cfg.model, load_weights=init is None)
     if init is not None:
         init_from_checkpoint(model, init, cfg.model)
-    model.to(device).train()
+    model = on_device(model, device).train()
     optimizer = seg_optimizer(model, cfg.optim)
     train_set = build_train_dataset(cfg.data, domain, model.normalization)
-    batches = infinite_loader(train_set, cfg.run.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers)
+    pin = device.type == "cuda"  # page-locked batches: the non_blocking copies below then overlap the GPU's work
+    batches = infinite_loader(train_set, cfg.run.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
+                              pin_memory=pin)
     extras = {"batches": batches}
     if source_weight > 0:
         extras["batches_source"] = infinite_loader(build_train_dataset(cfg.data, "source", model.normalization),
                                                    cfg.run.batch_size, seed=cfg.run.seed + 1,
-                                                   num_workers=cfg.data.num_workers)
+                                                   num_workers=cfg.data.num_workers, pin_memory=pin)
     keeper = BestKeeper(run_dir, cfg, build_val_dataset(cfg.data, model.normalization), device)
     amp_ctx, scaler = autocast(device, cfg.run.amp), grad_scaler(device, cfg.run.amp)
 
