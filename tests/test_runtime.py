@@ -150,6 +150,7 @@ def test_backend_choice_and_errors(tmp_path, checkpoint, onnx_dynamic, onnx_stat
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")  # the fallback under test
 def test_a_cuda_provider_without_a_gpu_runs_on_the_cpu(onnx_dynamic, monkeypatch):
     """onnxruntime-gpu lists its CUDA provider on machines without a GPU, and a CUDA session there silently runs on
     the CPU: without --device the backend probes a session and runs on the CPU; --device cuda stays an error."""
