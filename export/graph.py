@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from cirn.common.errors import CirnError
-from cirn.common.normalization import affine
+from cirn.train.datasets import normalize_tensor
 from cirn.train.models import upsample
 
 from .choices import OUTPUTS
@@ -37,19 +37,12 @@ class DeployModel(nn.Module):
         self.output = output
         self.normalization = segnet.normalization
         self.num_classes = segnet.num_classes
-        # common.normalization's map, as datasets.normalize in training and evaluation. Not persistent: derived
-        # from model.normalization, never part of a state dict.
-        self.bgr, scale, shift = affine(self.normalization)
-        self.register_buffer("pixel_scale", torch.tensor(scale).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_shift", torch.tensor(shift).view(1, 3, 1, 1), persistent=False)
         self.eval()
 
     def normalize(self, frames):
-        """(B, 3, H, W) RGB 0-255 -> (B, 3, H, W) float in the convention of the backbone's weights."""
-        x = frames.float()
-        if self.bgr:
-            x = x.flip(1)  # RGB -> BGR, the channel order of the caffe weights
-        return x * self.pixel_scale + self.pixel_shift
+        """(B, 3, H, W) RGB 0-255 -> (B, 3, H, W) float in the convention of the backbone's weights: the tensor form
+        training and evaluation use (datasets.normalize_tensor), its constants folded into the exported graph."""
+        return normalize_tensor(frames.float(), self.normalization)
 
     def logits(self, frames):
         """(B, 3, H, W) frames -> (B, C, H, W) fused C + ACM logits, upsampled to the frame size."""

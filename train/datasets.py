@@ -34,8 +34,7 @@ def _affine_tensors(mode, like):
 def normalize_tensor(x, mode):
     """(..., 3, H, W) float RGB 0-255 tensor -> the same shape in `mode`'s convention; differentiable, the tensor
     form of common.normalization.normalize_array."""
-    assert x.shape[-3] == 3, f"expected (..., 3, H, W) RGB, got {tuple(x.shape)}"
-    bgr, scale, shift = _affine_tensors(mode, x)
+    bgr, scale, shift = _affine_tensors(mode, x)  # (3, 1, 1) each: a wrong channel count fails to broadcast
     return (x.flip(-3) if bgr else x) * scale + shift
 
 
