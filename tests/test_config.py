@@ -183,3 +183,13 @@ def test_resolve_run_keeps_a_resumed_runs_config_with_only_explicit_overrides(tm
     # without --resume, or with nothing saved, the preset applies
     assert resolve_run(run_dir, "toy").optim.lr == load_config("toy").optim.lr
     assert resolve_run(tmp_path / "new", "toy", resume=True) == load_config("toy")
+
+
+def test_paper_presets_follow_the_papers_equations():
+    """Stage 1 is eq. 5 (GAN + GAN + cycle + L_sem: no identity loss) and stage 3 eq. 9 (the pseudo-label CE
+    alone), as loaded from the preset files; the toy preset keeps its own choices."""
+    for preset in ("paper", "paper-synthia"):
+        cfg = load_config(preset)
+        assert cfg.stage1.lambda_identity == 0 and cfg.stage1.lambda_sem > 0
+        assert cfg.stage3.source_weight == 0
+    assert load_config("toy").stage3.source_weight > 0

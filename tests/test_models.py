@@ -181,7 +181,7 @@ def test_mobilenetv3_builds_and_runs():
 
 def test_segnet_accepts_a_custom_backbone_and_scales():
     model = SegNet(TinyBackbone(4), num_classes=2, num_attention=2, attention_scales=(3, 5), head_dilations=(1, 2),
-                   freeze_bn=False)
+                   batchnorm="train")
     assert [m.scale for m in model.attention] == [3, 5] and len(model.classifier_c.branches) == 2
     with pytest.raises(ValueError):
         SegNet(TinyBackbone(4), num_classes=2, num_attention=2, attention_scales=(3,))
@@ -190,8 +190,8 @@ def test_segnet_accepts_a_custom_backbone_and_scales():
 def test_build_model_from_config():
     tiny = build_model(ModelConfig(name="tiny", num_classes=5, num_attention=1, width=8))
     assert tiny.num_classes == 5 and tiny.num_attention == 1 and tiny.backbone.out_channels == 32
-    assert not tiny.freeze_bn and tiny.normalization == "imagenet"
-    assert build_model(ModelConfig(name="mobilenetv3", num_classes=3)).freeze_bn is False
+    assert tiny.batchnorm == "train" and tiny.normalization == "imagenet"
+    assert build_model(ModelConfig(name="mobilenetv3", num_classes=3)).batchnorm == "train"
     with pytest.raises(CirnError):
         create_model("resnet9000")
 
@@ -212,8 +212,11 @@ def test_torchvision_state_dict_round_trip(tmp_path, r50):
     report = load_pretrained(r50, str(path))
     assert "torchvision" in report and "fc.weight" in report
     assert r50.normalization == "imagenet"
+    layout = r50.backbone.state_dict().pop("stride_on_3x3")
     for key, value in r50.backbone.state_dict().items():
-        assert torch.equal(value, reference.state_dict()[key]), key
+        if key != "stride_on_3x3":
+            assert torch.equal(value, reference.state_dict()[key]), key
+    assert bool(layout)  # torchvision weights run in torchvision's stride layout
     assert not r50.backbone.bn1.weight.requires_grad  # loading keeps BN frozen
 
 
@@ -228,7 +231,7 @@ def test_deeplab_init_format(tmp_path, r50):
     torch.save(state, path)
     report = load_pretrained(r50, str(path))
     assert "deeplab-init" in report and "layer5" in report
-    assert r50.normalization == "caffe"
+    assert r50.normalization == "caffe" and not bool(r50.backbone.stride_on_3x3)  # the Caffe layout
     for key, value in r50.backbone.state_dict().items():
         if not key.endswith("num_batches_tracked"):
             assert torch.equal(value, source[key]), key
@@ -319,3 +322,71 @@ def test_a_cirn_checkpoint_initialises_the_backbone_only(tmp_path):
     assert fresh.normalization == "caffe"
     with pytest.raises(CirnError, match="do not fit"):  # another architecture's checkpoint
         load_pretrained(build_model(ModelConfig(name="tiny", num_classes=3, width=8)), str(path))
+
+
+def _through_layer2(backbone, x, ceil_pool):
+    x = backbone.relu(backbone.bn1(backbone.conv1(x)))
+    x = torch.nn.functional.max_pool2d(x, 3, 2, 1, ceil_mode=ceil_pool)
+    return backbone.layer2(backbone.layer1(x))
+
+
+def test_torchvision_weights_load_into_torchvisions_stride_layout(tmp_path):
+    """torchvision's ResNet-101 puts layer2's stride on the 3x3 conv: its weights must run in that layout. Up to
+    layer2 our backbone then computes torchvision's forward (rows and columns away from the extra border row that
+    DeepLab's ceil-mode max-pool adds); in the Caffe layout the same weights give something else."""
+    import torchvision
+
+    from cirn.train.models.pretrained import load_pretrained
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet101(weights=None).eval()
+    weights = tmp_path / "resnet101.pth"
+    torch.save(reference.state_dict(), weights)
+    model = create_model("deeplabv2-r101", num_classes=3).eval()
+    assert "torchvision format" in load_pretrained(model, str(weights))
+    backbone = model.backbone
+    assert backbone.layer2[0].conv2.stride == (2, 2) and bool(backbone.stride_on_3x3)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        expected = reference.layer2(reference.layer1(reference.maxpool(reference.relu(reference.bn1(
+            reference.conv1(x))))))[..., :20, :20]  # (1, 512, 20, 20) of 28x28
+        ours = _through_layer2(backbone, x, ceil_pool=True)[..., :20, :20]
+        backbone.use_stride_layout(False)
+        caffe = _through_layer2(backbone, x, ceil_pool=True)[..., :20, :20]
+    scale = expected.abs().max()
+    assert (ours - expected).abs().max() / scale < 1e-5
+    assert (caffe - expected).abs().max() / scale > 0.05  # the bug this guards against
+
+
+def test_the_stride_layout_travels_with_the_weights():
+    """A cirn checkpoint's state dict restores the layout it was trained in; one without the key is Caffe's."""
+    model = create_model("deeplabv2-r50", num_classes=3)
+    model.backbone.use_stride_layout(True)
+    state = model.state_dict()
+    again = create_model("deeplabv2-r50", num_classes=3)
+    again.load_state_dict(state)
+    assert again.backbone.layer2[0].conv2.stride == (2, 2) and again.backbone.layer2[0].conv1.stride == (1, 1)
+    del state["backbone.stride_on_3x3"]
+    again.load_state_dict(state)
+    assert again.backbone.layer2[0].conv1.stride == (2, 2) and not bool(again.backbone.stride_on_3x3)
+
+
+@pytest.mark.parametrize("mode, affine_trains, running_stats_move", [
+    ("frozen", False, False), ("batch-stats", False, True), ("train", True, True)])
+def test_batchnorm_modes(mode, affine_trains, running_stats_move):
+    """frozen: eval-mode BN with pretrained statistics; batch-stats (the reference code's): affine frozen, but each
+    batch normalised with its own statistics, which the running ones then follow; train: everything learns."""
+    model = build_model(ModelConfig(name="tiny", num_classes=3, width=4, batchnorm=mode)).train()
+    bn = model._batchnorms()[0]
+    before = bn.running_mean.clone()
+    model(torch.randn(2, 3, 32, 64) * 3 + 1)
+    assert bn.training == running_stats_move
+    assert bool((bn.running_mean != before).any()) == running_stats_move
+    assert all(p.requires_grad == affine_trains for p in bn.parameters())
+    assert any(p is q for p in model.backbone_parameters() for q in bn.parameters()) == affine_trains
+
+
+def test_paper_presets_use_the_reference_batchnorm():
+    from cirn.train.config import load_config
+    for preset in ("paper", "paper-synthia"):
+        assert load_config(preset).model.batchnorm == "batch-stats"
+    assert load_config("toy").model.batchnorm == "auto"  # the tiny model trains its BatchNorm

@@ -26,7 +26,7 @@ TARGETS = ("toy", "cityscapes")
 PROTOCOLS = (19, 16, 13)
 BAD_IMAGE_POLICIES = ("fail", "skip")
 MODEL_NAMES = ("deeplabv2-r101", "deeplabv2-r50", "mobilenetv3", "tiny")
-BATCHNORM_MODES = ("auto", "frozen", "train")
+BATCHNORM_MODES = ("auto", "frozen", "batch-stats", "train")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 CIR_METHODS = ("cyclegan", "fda")
 GAN_MODES = ("lsgan", "vanilla")
@@ -103,8 +103,10 @@ class ModelConfig:
     width: int = 16
     """Base channel width of the tiny model (ignored by the others)."""
     batchnorm: str = "auto"
-    """auto (frozen for DeepLab-v2 and a pretrained MobileNetV3, training otherwise) | frozen | train. Frozen
-    BatchNorm makes a torchrun run follow the single-process one exactly (no per-process batch statistics)."""
+    """auto (frozen for DeepLab-v2 and a pretrained MobileNetV3, training otherwise) | frozen (eval-mode BN,
+    pretrained statistics) | batch-stats (the reference code's: affine frozen, each batch normalised with its own
+    statistics, the running ones following; the paper presets) | train. Frozen BatchNorm makes a torchrun run follow
+    the single-process one exactly (no per-process batch statistics)."""
 
     def __post_init__(self):
         _check_choice("model.name", self.name, MODEL_NAMES)

@@ -14,8 +14,8 @@ from .tiny import TINY_DILATIONS, TinyBackbone
 log = logging.getLogger(__name__)
 
 
-def create_model(name, num_classes=19, num_attention=2, base_width=16, attention_scales=None, freeze_bn=None):
-    """A randomly initialised SegNet by name; freeze_bn=None: frozen for all but the tiny model."""
+def create_model(name, num_classes=19, num_attention=2, base_width=16, attention_scales=None, batchnorm=None):
+    """A randomly initialised SegNet by name; batchnorm=None: 'frozen' for all but the tiny model ('train')."""
     if name == "deeplabv2-r101":
         backbone, dilations = DeepLabResNet(101), DEEPLAB_DILATIONS
     elif name == "deeplabv2-r50":
@@ -26,10 +26,10 @@ def create_model(name, num_classes=19, num_attention=2, base_width=16, attention
         backbone, dilations = TinyBackbone(base_width), TINY_DILATIONS
     else:
         raise CirnError(f"unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)}")
-    if freeze_bn is None:
-        freeze_bn = name != "tiny"
+    if batchnorm is None:
+        batchnorm = "train" if name == "tiny" else "frozen"
     return SegNet(backbone, num_classes, num_attention=num_attention, attention_scales=attention_scales,
-                  head_dilations=dilations, freeze_bn=freeze_bn)
+                  head_dilations=dilations, batchnorm=batchnorm)
 
 
 def build_model(model_cfg, load_weights=True):
@@ -38,14 +38,14 @@ def build_model(model_cfg, load_weights=True):
     Pass load_weights=False when a checkpoint is loaded next (resume, export): its state dict restores the weights
     and model.normalization. BatchNorm is frozen where its statistics come from pretrained weights (batch-1
     training cannot re-estimate them): always for DeepLab-v2 (the reference protocol), for MobileNetV3 when
-    pretrained; the tiny model trains its BatchNorm from scratch. model_cfg.batchnorm = frozen | train overrides.
+    pretrained; the tiny model trains its BatchNorm from scratch. model_cfg.batchnorm = frozen | batch-stats |
+    train overrides (SegNet says what each is; the paper presets use the reference code's batch-stats).
     """
     name = model_cfg.name
-    freeze_bn = name.startswith("deeplabv2") or (name == "mobilenetv3" and bool(model_cfg.pretrained))
-    if model_cfg.batchnorm != "auto":
-        freeze_bn = model_cfg.batchnorm == "frozen"
+    frozen = name.startswith("deeplabv2") or (name == "mobilenetv3" and bool(model_cfg.pretrained))
+    batchnorm = ("frozen" if frozen else "train") if model_cfg.batchnorm == "auto" else model_cfg.batchnorm
     model = create_model(name, model_cfg.num_classes, model_cfg.num_attention, base_width=model_cfg.width,
-                         freeze_bn=freeze_bn)
+                         batchnorm=batchnorm)
     if load_weights:
         log.info(load_pretrained(model, model_cfg.pretrained))
     return model

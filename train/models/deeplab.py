@@ -1,12 +1,17 @@
 """DeepLab-v2 ResNet backbone as in AdaptSegNet/ADVENT/CLAN (see ../shared/REFERENCE.md).
 
 Differences from torchvision's ResNet, all deliberate to match the published DeepLab-v2 numbers:
-- Caffe-style bottleneck: the stride sits on the first 1x1 conv, not on the 3x3;
+- Caffe-style bottleneck: the stride sits on the first 1x1 conv, not on the 3x3 (the layout the DeepLab init file
+  was trained in). torchvision's ImageNet weights were trained with it on the 3x3 (ResNet v1.5): the shapes are the
+  same, so they would load silently and compute something else. The layout therefore follows the weights' origin:
+  `use_stride_layout` moves it, load_pretrained calls it, and the `stride_on_3x3` buffer keeps the choice in every
+  checkpoint (older checkpoints without it are the Caffe layout);
 - the stem max-pool uses ceil_mode=True (512x1024 -> 65x129 features instead of 64x128);
 - layer3/layer4 keep stride 1 and dilate *every* block by 2/4 (torchvision leaves the first block undilated).
 Parameter names and shapes are torchvision's (conv1, bn1, layer1..4, downsample.0/.1), so both torchvision
 ImageNet weights and the DeepLab init file load without renaming (see pretrained.py).
 """
+import torch
 from torch import nn
 
 LAYERS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -56,9 +61,23 @@ class DeepLabResNet(nn.Module):
         self.layer2 = self._make_layer(128, blocks[1], stride=2)
         self.layer3 = self._make_layer(256, blocks[2], dilation=2)
         self.layer4 = self._make_layer(512, blocks[3], dilation=4)
+        self.register_buffer("stride_on_3x3", torch.zeros((), dtype=torch.bool))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def use_stride_layout(self, on_3x3):
+        """Put layer2's downsampling stride on its first block's 3x3 conv (torchvision weights) or on its 1x1 conv
+        (Caffe layout: the DeepLab init file). The only strided bottleneck is layer2's first (layer3/4 dilate)."""
+        block = self.layer2[0]
+        block.conv1.stride, block.conv2.stride = ((1, 1), (2, 2)) if on_3x3 else ((2, 2), (1, 1))
+        self.stride_on_3x3.fill_(bool(on_3x3))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A checkpoint from before the layout was recorded holds the Caffe layout, the only one there was then.
+        state_dict.setdefault(prefix + "stride_on_3x3", torch.zeros((), dtype=torch.bool))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.use_stride_layout(bool(self.stride_on_3x3))
 
     def _make_layer(self, planes, num_blocks, stride=1, dilation=1):
         downsample = None

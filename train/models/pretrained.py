@@ -40,6 +40,8 @@ def load_pretrained(model, spec):
     if fmt == "cirn checkpoint":  # the checkpoint's own
         normalization = NORMALIZATIONS[int(state.pop("normalization_index", 0))]
     skipped = _load_backbone(backbone, state, source, fmt)
+    if hasattr(backbone, "use_stride_layout") and fmt != "cirn checkpoint":  # a checkpoint restores its own
+        backbone.use_stride_layout(fmt == "torchvision")  # torchvision ResNets stride on the 3x3 conv
     model.normalization = normalization
     report = f"{backbone.name}: {len(state) - len(skipped)} tensors from {source} ({fmt} format, " \
              f"{model.normalization} normalisation)"
@@ -95,8 +97,10 @@ def _load_backbone(backbone, state, source, fmt):
     """Copy `state` into `backbone` after checking it is the same architecture; returns the skipped head keys."""
     expected = backbone.state_dict()
     skipped = sorted(k for k in state if k not in expected and k.split(".")[0] in HEAD_KEYS)
-    # The Caffe-converted DeepLab init has no BN batch counters; they are bookkeeping, not weights.
-    missing = sorted(k for k in expected if k not in state and not k.endswith("num_batches_tracked"))
+    # The Caffe-converted DeepLab init has no BN batch counters, and no weights file but ours records the stride
+    # layout (load_pretrained sets it from the format): bookkeeping, not weights.
+    missing = sorted(k for k in expected if k not in state and not k.endswith(("num_batches_tracked",
+                                                                                "stride_on_3x3")))
     unexpected = sorted(k for k in state if k not in expected and k not in skipped)
     wrong_shape = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
                          for k, v in expected.items() if k in state and state[k].shape != v.shape)

@@ -33,6 +33,8 @@ class SegOutput(NamedTuple):
         return fuse(self.logits_c, self.logits_acm)
 
 
+BATCHNORM_MODES = ("frozen", "batch-stats", "train")  # what SegNet takes; config adds auto
+
 class SegNet(nn.Module):
     """(B, 3, H, W) -> SegOutput at the backbone's feature resolution; `fused(x)` -> (B, C, h, w).
 
@@ -40,11 +42,14 @@ class SegNet(nn.Module):
         `imagenet_weights()` (torchvision weights enum or None; used by load_pretrained).
     head_dilations: the ASPP dilations of C and of the ACM classifier (DeepLab-v2's at output stride 8).
     attention_scales: pooling window s_k of each attention module, in feature pixels; default 2, 4, 8, ...
-    freeze_bn: BatchNorm of the backbone keeps its pretrained statistics and affine parameters (batch 1 training).
+    batchnorm: the backbone's BatchNorm while training. 'frozen': pretrained statistics and affine parameters,
+        modules in eval mode (detectron2's FrozenBatchNorm). 'batch-stats': the reference code's (AdaptSegNet, CLAN,
+        ADVENT): affine parameters frozen, modules in train mode, so each batch is normalised with its own
+        statistics and the running statistics keep moving with the source and target images. 'train': all trained.
     """
 
     def __init__(self, backbone, num_classes, num_attention=2, attention_scales=None,
-                 head_dilations=DEEPLAB_DILATIONS, freeze_bn=True, normalization="imagenet"):
+                 head_dilations=DEEPLAB_DILATIONS, batchnorm="frozen", normalization="imagenet"):
         super().__init__()
         if attention_scales is None:
             attention_scales = default_attention_scales(num_attention)
@@ -55,10 +60,12 @@ class SegNet(nn.Module):
         self.classifier_c = ASPPClassifier(backbone.out_channels, num_classes, head_dilations)
         self.classifier_acm = ASPPClassifier(backbone.out_channels, num_classes, head_dilations)
         self.attention = nn.ModuleList(AttentionModule(backbone.out_channels, s) for s in attention_scales)
-        self.freeze_bn = freeze_bn
+        if batchnorm not in BATCHNORM_MODES:
+            raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {batchnorm!r}")
+        self.batchnorm = batchnorm
         self.register_buffer("normalization_index", torch.zeros((), dtype=torch.long))
         self.normalization = normalization
-        if freeze_bn:
+        if batchnorm != "train":
             for module in self._batchnorms():
                 for p in module.parameters():
                     p.requires_grad_(False)
@@ -75,9 +82,9 @@ class SegNet(nn.Module):
         return [m for m in self.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def train(self, mode=True):
-        """As nn.Module.train, but frozen BatchNorm layers stay in eval mode (running statistics untouched)."""
+        """As nn.Module.train, but 'frozen' BatchNorm layers stay in eval mode (running statistics untouched)."""
         super().train(mode)
-        if self.freeze_bn:
+        if self.batchnorm == "frozen":
             for module in self._batchnorms():
                 module.eval()
         return self
