@@ -198,7 +198,7 @@ def train_stage3(init, intermediate, preset, config_file, overrides, out, resume
                    f"{result['best']}")
 
 
-@train_main.command("all-stages", help="The whole method: source-only, stage 1, CIR, ASS, CIR+ASS, CIR+ASS+ST; "
+@train_main.command("all-stages", help="The whole method: source-only, stage 1, CIR, ASS, CIR+ASS, ASS+ST, CIR+ASS+ST; "
                                         "ends with the paper's Table 4 (ablation.json, a bar chart, example grids). "
                                         "Re-running skips finished stages.")
 @run_options

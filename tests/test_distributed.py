@@ -81,10 +81,10 @@ def test_every_stage_runs_under_torchrun(toy_args, tmp_path):
     two = _train(toy_args, out, 2, "all-stages", ["run.batch_size=2", "run.device=cpu"])
     assert two.stdout.count("CIR+ASS+ST") == 2  # the table, printed by process 0 only (header row + its row)
     rows = json.loads((out / "ablation.json").read_text())["rows"]
-    assert list(rows) == ["SO", "CIR", "ASS", "CIR+ASS", "CIR+ASS+ST"]
+    assert list(rows) == ["SO", "CIR", "ASS", "CIR+ASS", "ASS+ST", "CIR+ASS+ST"]
     manifest = json.loads((out / "stage1" / "intermediate" / "intermediate.json").read_text())
     assert manifest["count"] == len(list((out / "stage1" / "intermediate" / "images").iterdir())) == 8
     assert json.loads((out / "cir-ass-st" / "round1" / "pseudo" / "summary.json").read_text())
     assert not list(out.rglob(".*.tmp*"))
     again = _train(toy_args, out, 2, "all-stages", ["run.batch_size=2", "run.device=cpu"])
-    assert again.stdout.count("already finished") == 6
+    assert again.stdout.count("already finished") == 7
