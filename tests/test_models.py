@@ -41,7 +41,8 @@ def test_r101_parameter_counts_match_the_reference():
     assert count(model.backbone) + count(model.classifier_c) == 43_901_068
     assert count(model) == 45_301_976  # K=0: the fused network is CLAN's backbone + two classifiers
     with_attention = meta_model("deeplabv2-r101", num_classes=19, num_attention=2)
-    assert count(with_attention) == 45_301_976 + 2 * (2048 + 1)  # plus one 1x1 conv 2048 -> 1 per attention module
+    # plus per attention module: its mask's 1x1 conv 2048 -> 1 and its depthwise 3x3 trunk
+    assert count(with_attention) == 45_301_976 + 2 * (2048 + 1 + 2048 * 9 + 2048)
 
 
 def test_torchvision_dilated_resnet101_has_the_same_count():
@@ -124,15 +125,54 @@ def test_acm_matches_the_formula(tiny):
         x = torch.randn(2, 3, 48, 64)
         out = tiny(x)
         f = tiny.backbone(x)
-        expected_acm = 0
+        modules = 0
         for k, module in enumerate(tiny.attention):
-            # The literal order: pool, upsample, 1x1 conv, sigmoid.
+            # The literal order: pool, upsample, 1x1 conv, sigmoid; then the module's own trunk.
             pooled = F.avg_pool2d(f, module.scale, module.scale, ceil_mode=True, count_include_pad=False)
             a = torch.sigmoid(module.conv(F.interpolate(pooled, size=f.shape[-2:], mode="bilinear")))
             assert torch.allclose(out.attention[:, k:k + 1], a, atol=1e-5)
-            expected_acm = expected_acm + tiny.classifier_acm((1 + a) * f)
+            modules = modules + (1 + a) * F.relu(module.trunk(f))
+        expected_acm = tiny.classifier_acm(modules / len(tiny.attention))
         assert torch.allclose(out.logits_acm, expected_acm, atol=1e-4)
         assert torch.allclose(out.logits_c, tiny.classifier_c(f), atol=1e-5)
+
+
+def _mask_response_rank(model, x, pixel=(2, 3)):
+    """Rank of the ACM logits' response at one feature pixel to each module's mask value there: (C, K) Jacobian."""
+    features = model.backbone(x)
+    maps = [module.mask(features).detach().requires_grad_(True) for module in model.attention]
+
+    def acm(*masks):
+        outputs = [(1 + m) * F.relu(module.trunk(features)) for m, module in zip(masks, model.attention)]
+        return model.classifier_acm(sum(outputs) / len(outputs))[0, :, pixel[0], pixel[1]]  # (C,)
+
+    jacobian = torch.autograd.functional.jacobian(acm, tuple(maps))  # K x (C, B, 1, h, w)
+    columns = torch.stack([j[:, 0, 0, pixel[0], pixel[1]] for j in jacobian], dim=1)  # (C, K)
+    return torch.linalg.matrix_rank(columns, rtol=1e-4).item()
+
+
+def test_k_modules_do_not_fold_into_one():
+    """REFERENCE.md's trap: masks on one shared linear classifier fold into one map, so the logits respond to all
+    K masks along a single direction. With a trunk per module, K=2 responds along two: no single module (whose
+    logits move along one direction per pixel as its one mask moves) can express it. Shown failing for the folded
+    design: the same model with its two trunks made equal."""
+    torch.manual_seed(0)
+    model = create_model("tiny", num_classes=5, num_attention=2, base_width=8).eval()
+    with torch.no_grad():
+        for module in model.attention:
+            nn.init.normal_(module.trunk.weight, 0, 0.5)  # trained trunks differ; at init they are near-identity
+    x = torch.randn(1, 3, 64, 96)
+    assert _mask_response_rank(model, x) == 2
+    with torch.no_grad():
+        model.attention[1].trunk.load_state_dict(model.attention[0].trunk.state_dict())
+    assert _mask_response_rank(model, x) == 1  # equal trunks: the folded design, one direction
+
+
+def test_acm_parameters_per_k():
+    from cirn.train.models import summarize
+    counts = [summarize("deeplabv2-r101", num_attention=k)["params_acm"] for k in range(5)]
+    per_module = 2048 * 9 + 2048 + 2048 + 1  # depthwise trunk (weights, bias) + the mask's 1x1 conv
+    assert counts == [1_400_908 + k * per_module for k in range(5)]
 
 
 def test_k0_acm_is_a_plain_second_classifier():

@@ -1,7 +1,25 @@
-"""Attention modules of the Ancillary Classifier Module (ACM), after the same group's SEANet (REFERENCE.md).
+"""The Ancillary Classifier Module (ACM): K residual attention modules embedded in a copy of the classifier.
 
-a_k(x) = sigmoid(conv1x1_{C_in -> 1}(upsample(avgpool_{s_k}(x)))): one weight in [0, 1] per feature pixel, from
-the context of an s_k x s_k window. The ACM classifies (1 + a_k(x)) * x with its own copy of the classifier.
+The paper: "K attention modules embedded in a classifier, the output of ACM is the sum of the K modules"; its
+references are the residual attention network (Wang et al. 2017: a trunk T(x) and a soft mask M(x) in [0, 1],
+output (1 + M(x)) * T(x)) and the same group's SEANet. [ours] Module k here:
+
+    a_k(x) = sigmoid(conv1x1_{C_in -> 1}(upsample(avgpool_{s_k}(x))))      mask: one weight in [0, 1] per pixel,
+                                                                             from the context of an s_k window
+    T_k(x) = relu(depthwise3x3_k(x))                                        its own trunk
+    ACM(x) = W_ACM( (1/K) sum_k (1 + a_k(x)) * T_k(x) )                     one classifier copy W_ACM, as C
+
+Why a trunk per module: K masks on one shared linear classifier fold into one, sum_k W((1 + a_k) x) =
+W((K + sum_k a_k) x) (REFERENCE.md's "trap"): one effective map and logits K times C's, so K would change nothing
+but a scale. With its own trunk (a non-linearity between mask and classifier) each module moves the logits in its
+own direction: `tests/test_models.py` shows the K=2 ACM's response to its two masks spanning two directions per
+pixel, where one module (or the folded design) spans one. The trunk is the cheapest that does it: a depthwise 3x3
+conv (9 C_in + C_in parameters, 20,480 for DeepLab's 2048 channels, against 1.4 M for a classifier copy), started
+near the identity, so at initialisation each module is about (1 + a_k) x. The mean (1/K) rather than the plain sum
+keeps the ACM's logits on C's scale whatever K: the sum up to a constant factor, which the classifier absorbs, and
+K no longer shifts the C/ACM balance of the fused prediction. The single classifier copy keeps the paper's "C and
+the classifier in ACM are copies of the last classification module" and CLAN's weight discrepancy between two
+classifiers of the same shape. K=0: the ACM is that plain classifier copy.
 """
 import torch
 import torch.nn.functional as F
@@ -21,20 +39,32 @@ def default_attention_scales(num_attention):
 
 
 class AttentionModule(nn.Module):
-    """(B, C_in, h, w) features -> (B, 1, h, w) attention in [0, 1]."""
+    """One residual attention module: (B, C_in, h, w) features -> ((1 + a(x)) * T(x), a(x) (B, 1, h, w) in [0, 1])."""
 
     def __init__(self, in_channels, scale):
         super().__init__()
         self.scale = int(scale)
         self.conv = nn.Conv2d(in_channels, 1, 1)
-        # Starts at a = sigmoid(0) = 0.5 everywhere: the ACM begins as a uniformly scaled classifier.
+        # The mask starts at a = sigmoid(0) = 0.5 everywhere.
         nn.init.normal_(self.conv.weight, 0.0, 0.01)
         nn.init.zeros_(self.conv.bias)
+        self.trunk = nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels)
+        # Near the identity (features are >= 0 after the backbone's ReLU, so relu(x) = x), each trunk a little
+        # different from the others so that the modules can part from the first step.
+        nn.init.normal_(self.trunk.weight, 0.0, 0.01)
+        with torch.no_grad():
+            self.trunk.weight[:, :, 1, 1] += 1.0
+        nn.init.zeros_(self.trunk.bias)
 
-    def forward(self, x):
+    def mask(self, x):
+        """(B, C_in, h, w) -> (B, 1, h, w) attention in [0, 1]."""
         # ceil_mode keeps the border pixels a full window would drop, and with count_include_pad=False a partial
         # window is the plain mean of its pixels (ONNX AveragePool means the same): works for s > feature size.
         pooled = F.avg_pool2d(x, self.scale, self.scale, ceil_mode=True, count_include_pad=False)
         # The 1x1 conv runs before the upsampling: both are linear and bilinear weights sum to 1, so the result
         # equals conv(upsample(pool(x))) while upsampling 1 channel instead of C_in.
         return torch.sigmoid(upsample(self.conv(pooled), x.shape[-2:]))
+
+    def forward(self, x):
+        attention = self.mask(x)  # (B, 1, h, w)
+        return (1 + attention) * F.relu(self.trunk(x)), attention

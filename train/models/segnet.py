@@ -101,11 +101,9 @@ class SegNet(nn.Module):
         logits_c = self.classifier_c(features)
         if self.num_attention == 0:
             return logits_c, self.classifier_acm(features), []
-        maps = [module(features) for module in self.attention]       # K x (B, 1, h, w)
-        logits_acm = self.classifier_acm((1 + maps[0]) * features)
-        for a in maps[1:]:
-            logits_acm = logits_acm + self.classifier_acm((1 + a) * features)
-        return logits_c, logits_acm, maps
+        outputs, maps = zip(*(module(features) for module in self.attention))  # K x (B, C_in, h, w), (B, 1, h, w)
+        logits_acm = self.classifier_acm(sum(outputs) / self.num_attention)  # acm.py says why the mean
+        return logits_c, logits_acm, list(maps)
 
     def forward(self, x):
         features = self.backbone(x)

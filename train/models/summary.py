@@ -63,7 +63,8 @@ def describe(model_name, num_classes=19, height=512, width=1024, num_attention=2
         "parameters",
         f"  backbone                    {s['params_backbone']:>14,}",
         f"  backbone + C                {s['params_backbone_c']:>14,}",
-        f"  ACM (C copy + attention)    {s['params_acm']:>14,}",
+        f"  ACM (C copy + {s['num_attention']} modules)     {s['params_acm']:>14,}"
+        + (f"  ({s['params_acm'] - s['params_classifier']:,} in the attention modules)" if s['num_attention'] else ""),
         f"  fused network (inference)   {s['params_fused']:>14,}",
         f"  discriminator (training)    {s['params_discriminator']:>14,}",
         f"forward GFLOPs (2 x MAC) at {h}x{w}, batch 1",
