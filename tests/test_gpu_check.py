@@ -39,6 +39,10 @@ def test_every_planned_command_parses(gpu_check, tmp_path):
         if command[1] == "-c":  # a cirn console command: click parses its options without running it
             main = getattr(cli, command[2].split("import ")[1].split(";")[0])
             main.make_context("cirn", command[3:], resilient_parsing=False)
+            overrides = [arg for arg in command[3:] if "=" in arg and not arg.startswith("-")]
+            if overrides:  # and the config takes its key=value overrides
+                from cirn.train.config import load_config
+                load_config("toy", overrides=overrides)
             continue
         module = importlib.import_module(scripts[Path(command[1]).name])
         if module is gpu_check:
