@@ -6,7 +6,11 @@ with the same polygons, so the labels are exact. Moving camera_forward drives do
 - style 'target': the same hues desaturated, warmer and hazier, a whitish sky, textures (asphalt grain, leafy
   noise), soft cast shadows, an illumination gradient, blur, vignetting, sensor noise, JPEG artefacts and an
   ego-car bonnet labelled ignore.
-Any scene renders in either style, which gives paired images for checking a translator.
+- style 'dusk': the target's camera at dusk, a second target look: the same geometry, labels and finishing steps
+  with other values (_CameraLook): a darker, duller palette, a low warm sun on lit faces and blue shade, violet
+  haze, a deep blue sky glowing orange toward the horizon, blue cast shadows, a steeper illumination gradient,
+  stronger vignetting and blur, more sensor noise and lower JPEG quality.
+Any scene renders in any style, which gives paired images for checking a translator.
 """
 import math
 from dataclasses import dataclass
@@ -65,44 +69,91 @@ class Frame:
 
 
 @dataclass(frozen=True)
+class _CameraLook:
+    """The values of a camera-like look: how _grade paints base colours and _finish_like_a_camera finishes them.
+    Pairs (low, high) are the ranges each frame draws its shot from."""
+    saturation: float   # colourfulness kept from the base colour
+    gain: tuple         # (R, G, B) white balance of the light
+    sun_tint: tuple     # (R, G, B) tint of sunlit faces ...
+    shade_tint: tuple   # ... and of faces in shade, blended by the face's shade
+    exposure: float     # brightness of the painted colours
+    lift: float         # black level
+    haze: tuple         # the colour far things fade into ...
+    haze_metres: float  # ... with this distance scale
+    sky: tuple          # the sky's colour ...
+    sky_keep: float     # ... keeping this much of the scene's own sky colour
+    glow: tuple         # the colour the sky lightens toward, near the horizon and in clouds
+    glow_rate: float    # how much it lightens at the horizon ...
+    cloud_rate: float   # ... and in clouds ...
+    glow_max: float     # ... at most
+    shadow: tuple       # (R, G, B) how much a cast shadow darkens each channel
+    light: tuple        # strength of the illumination gradient across the frame
+    balance: tuple      # the shot's overall exposure
+    blur: tuple         # lens blur sigma in pixels at 256 pixels wide
+    vignette: tuple     # corner darkening
+    noise: tuple        # sensor noise std, in 8-bit levels
+    jpeg: tuple         # JPEG quality (high exclusive)
+
+
+# The original target look, frozen (its tints of 1.0 leave every value as it was before looks were parameters).
+CAMERA = _CameraLook(saturation=0.75, gain=(1.06, 1.0, 0.9), sun_tint=(1.0, 1.0, 1.0), shade_tint=(1.0, 1.0, 1.0),
+                     exposure=0.86, lift=12, haze=(176, 180, 186), haze_metres=250, sky=(198, 204, 210), sky_keep=0.3,
+                     glow=(235, 235, 235), glow_rate=0.45, cloud_rate=0.25, glow_max=0.85, shadow=(0.42, 0.42, 0.42),
+                     light=(0.1, 0.3), balance=(0.85, 1.1), blur=(0.5, 0.9), vignette=(0.25, 0.4), noise=(2, 5),
+                     jpeg=(60, 81))
+# The second target look: the same camera at dusk, dimmer, with a low warm sun, blue shade and a noisier sensor.
+DUSK = _CameraLook(saturation=0.65, gain=(0.94, 0.92, 1.04), sun_tint=(1.26, 0.98, 0.7), shade_tint=(0.8, 0.9, 1.2),
+                   exposure=0.74, lift=8, haze=(120, 100, 128), haze_metres=160, sky=(52, 62, 116), sky_keep=0.15,
+                   glow=(250, 156, 86), glow_rate=0.9, cloud_rate=0.3, glow_max=0.92, shadow=(0.56, 0.5, 0.3),
+                   light=(0.3, 0.5), balance=(0.85, 1.05), blur=(0.9, 1.3), vignette=(0.4, 0.55), noise=(7, 11),
+                   jpeg=(40, 56))
+
+
+@dataclass(frozen=True)
 class _Style:
-    focal: float     # focal length as a fraction of the width
-    horizon: float   # horizon row as a fraction of the height
-    shading: float   # how strongly face orientation changes brightness
-    camera: bool     # finish like a camera: textures, shadows, blur, noise, JPEG, hood
+    focal: float                # focal length as a fraction of the width
+    horizon: float              # horizon row as a fraction of the height
+    shading: float              # how strongly face orientation changes brightness
+    camera: _CameraLook | None  # finish like a camera (textures, shadows, blur, noise, JPEG, hood) with this look
 
 
-STYLES = {"source": _Style(focal=0.75, horizon=0.45, shading=0.6, camera=False),
-          "target": _Style(focal=0.85, horizon=0.45, shading=1.0, camera=True)}
+# The target styles share the geometry (focal, horizon, bonnet), so a scene has the same labels in each.
+STYLES = {"source": _Style(focal=0.75, horizon=0.45, shading=0.6, camera=None),
+          "target": _Style(focal=0.85, horizon=0.45, shading=1.0, camera=CAMERA),
+          "dusk": _Style(focal=0.85, horizon=0.45, shading=1.3, camera=DUSK)}
 LIT, UNLIT, FRONT, TOP = 1.0, 0.62, 0.82, 1.12
 
 
 @lru_cache(maxsize=65536)
-def _grade(rgb, label, shade, depth, style, strength):
-    """A base colour as a style paints it: the source saturates, the target desaturates, warms and hazes.
+def _grade(rgb, label, shade, depth, camera, strength):
+    """A base colour as a style paints it: the source (camera None) saturates, a camera look desaturates, tints
+    and hazes.
 
-    depth (whole metres) only matters to the target's haze.
+    depth (whole metres) only matters to a camera's haze.
     """
     r, g, b = rgb
     mean = (r + g + b) / 3
+    sunlit = min(1.0, max(0.0, (shade - UNLIT) / (LIT - UNLIT)))
     shade = 1 + (shade - 1) * strength
-    if style == "source":
+    if camera is None:
         return tuple(int(min(255, max(0, (mean + (c - mean) * 1.25) * shade * 1.05))) for c in rgb)
     tint = _TARGET_TINT.get(label, (1.0, 1.0, 1.0))
-    haze = 1 - math.exp(-depth / 250)
-    return tuple(int(min(255, max(0, ((mean + (c - mean) * 0.75) * shade * t * k * 0.86 + 12) * (1 - haze) + h * haze)))
-                 for c, t, k, h in zip(rgb, tint, (1.06, 1.0, 0.9), (176, 180, 186), strict=True))
+    light = [s + (u - s) * sunlit for u, s in zip(camera.sun_tint, camera.shade_tint, strict=True)]
+    haze = 1 - math.exp(-depth / camera.haze_metres)
+    return tuple(int(min(255, max(0, ((mean + (c - mean) * camera.saturation) * shade * t * k * q * camera.exposure
+                                      + camera.lift) * (1 - haze) + h * haze)))
+                 for c, t, k, q, h in zip(rgb, tint, camera.gain, light, camera.haze, strict=True))
 
 
 # Class-specific shifts a global colour transfer cannot undo: duller foliage, drier grass, browner roads.
 _TARGET_TINT = {VEGETATION: (0.97, 0.9, 0.8), TERRAIN: (1.05, 0.95, 0.8), ROAD: (1.02, 1.0, 0.94)}
 
 
-def _sky_colour(base, style):
-    if style == "source":
-        return _grade(base, SKY, 1.0, 0, style, 1.0)
-    overcast = (198, 204, 210)
-    return tuple(int(0.3 * c + 0.7 * o) for c, o in zip(base, overcast, strict=True))
+def _sky_colour(base, camera):
+    if camera is None:
+        return _grade(base, SKY, 1.0, 0, None, 1.0)
+    keep = camera.sky_keep
+    return tuple(int(keep * c + (1 - keep) * o) for c, o in zip(base, camera.sky, strict=True))
 
 
 class _Canvas:
@@ -134,8 +185,9 @@ class _Canvas:
 
 def render_frame(scene, size_wh, style="source", camera_forward=0.0, camera_lateral=None, instances=False, rng=None):
     """Paint `scene` as seen from camera_forward metres down the street, camera_lateral metres right of the centre
-    line (default: the scene's lane). size_wh = (width, height); style 'source' (game-like) or 'target'
-    (camera-like; rng drives its noise, default a fixed one). Returns a Frame; instance ids only when asked.
+    line (default: the scene's lane). size_wh = (width, height); style 'source' (game-like), 'target' (camera-like)
+    or 'dusk' (the camera at dusk; the same labels as 'target'); rng drives a camera's noise, default a fixed one.
+    Returns a Frame; instance ids only when asked.
     """
     if style not in STYLES:
         raise CirnError(f"unknown toy style {style!r}: expected one of {sorted(STYLES)}")
@@ -143,10 +195,11 @@ def render_frame(scene, size_wh, style="source", camera_forward=0.0, camera_late
     width, height = size_wh
     lateral = scene.ego_x if camera_lateral is None else camera_lateral
     cam = Camera(look.focal * width, width / 2, look.horizon * height, lateral, CAMERA_HEIGHT, camera_forward)
-    canvas = _Canvas(size_wh, _sky_colour(scene.sky, style), instances, shadows=look.camera)
+    camera = look.camera
+    canvas = _Canvas(size_wh, _sky_colour(scene.sky, camera), instances, shadows=camera is not None)
 
     def grade(rgb, label, shade, depth):
-        return _grade(rgb, label, shade, round(depth) if look.camera else 0, style, look.shading)
+        return _grade(rgb, label, shade, round(depth) if camera is not None else 0, camera, look.shading)
 
     for poly in scene.ground:
         canvas.fill(cam.project(poly.points), grade(poly.colour, poly.label, poly.shade, 0.0), poly.label)
@@ -160,13 +213,14 @@ def render_frame(scene, size_wh, style="source", camera_forward=0.0, camera_late
             else:
                 canvas.fill(cam.project(part.points), grade(part.colour, part.label, part.shade, depth), part.label,
                             part.instance)
-    if look.camera:
+    if camera is not None:
         canvas.fill(_hood(width, height), HOOD, IGNORE_INDEX)
 
     image = np.asarray(canvas.rgb)
     labels = np.asarray(canvas.labels)
-    if look.camera:
-        image = _finish_like_a_camera(image, labels, canvas.shadow, rng or np.random.default_rng(0), look.horizon)
+    if camera is not None:
+        image = _finish_like_a_camera(image, labels, canvas.shadow, rng or np.random.default_rng(0), look.horizon,
+                                      camera)
     ids = np.asarray(canvas.instances).astype(np.uint16) if instances else None
     return Frame(image, labels, ids)
 
@@ -229,7 +283,9 @@ def _smooth_noise(rng, height, width, cell):
     return (field - field.mean()) / (field.std() + 1e-6)
 
 
-def _finish_like_a_camera(image, labels, shadow, rng, horizon):
+def _finish_like_a_camera(image, labels, shadow, rng, horizon, camera):
+    """Textures, sky, soft shadows, light, white balance, blur, vignette, noise and JPEG, with `camera`'s values.
+    Every look draws the same sequence from rng (the clip's _ClipCamera relies on the sizes of the draws)."""
     height, width = labels.shape
     scale = width / 256  # the look was tuned at 256 pixels wide; blobs and blur keep their size relative to it
     img = image.astype(np.float32)
@@ -240,25 +296,26 @@ def _finish_like_a_camera(image, labels, shadow, rng, horizon):
     rows = np.arange(height, dtype=np.float32)[:, None] / max(horizon * height, 1)
     sky = (labels == SKY)[..., None]
     clouds = np.clip(_smooth_noise(rng, height, width, cell=max(2, round(16 * scale))), 0, None)[..., None]
-    toward_white = np.clip(0.45 * rows[..., None] + 0.25 * clouds, 0, 0.85)  # brighter near the horizon, clouds
-    img = np.where(sky, img + (235 - img) * toward_white, img)
+    toward_glow = np.clip(camera.glow_rate * rows[..., None] + camera.cloud_rate * clouds, 0, camera.glow_max)
+    glow = np.asarray(camera.glow, np.float32)  # the sky lightens toward it near the horizon and in clouds
+    img = np.where(sky, img + (glow - img) * toward_glow, img)
 
     soft = np.asarray(shadow.filter(ImageFilter.GaussianBlur(1.5 * scale)), np.float32) / 255
-    img *= (1 - 0.42 * soft)[..., None]
+    img *= 1 - soft[..., None] * np.asarray(camera.shadow, np.float32)
 
-    angle, strength = rng.uniform(0, 2 * math.pi), rng.uniform(0.1, 0.3)
+    angle, strength = rng.uniform(0, 2 * math.pi), rng.uniform(*camera.light)
     xs = np.linspace(-0.5, 0.5, width, dtype=np.float32)[None, :]
     ys = np.linspace(-0.5, 0.5, height, dtype=np.float32)[:, None]
     light = 1 + strength * (math.cos(angle) * xs + math.sin(angle) * ys)
-    balance = rng.uniform(0.85, 1.1) * (1 + rng.normal(0, 0.03, 3))
+    balance = rng.uniform(*camera.balance) * (1 + rng.normal(0, 0.03, 3))
     img *= light[..., None] * balance.astype(np.float32)
 
-    lens = ImageFilter.GaussianBlur(rng.uniform(0.5, 0.9) * scale)
+    lens = ImageFilter.GaussianBlur(rng.uniform(*camera.blur) * scale)
     img = np.asarray(Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).filter(lens), np.float32)
-    vignette = 1 - rng.uniform(0.25, 0.4) * (xs ** 2 + ys ** 2) * 2
+    vignette = 1 - rng.uniform(*camera.vignette) * (xs ** 2 + ys ** 2) * 2
     img *= vignette[..., None]
-    img += rng.normal(0, rng.uniform(2, 5), img.shape).astype(np.float32)
-    return _jpeg(np.clip(img, 0, 255).astype(np.uint8), quality=int(rng.integers(60, 81)))
+    img += rng.normal(0, rng.uniform(*camera.noise), img.shape).astype(np.float32)
+    return _jpeg(np.clip(img, 0, 255).astype(np.uint8), quality=int(rng.integers(*camera.jpeg)))
 
 
 def _jpeg(image, quality):
