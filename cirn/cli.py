@@ -8,7 +8,7 @@ from cirn import __version__
 from cirn.export.choices import DEFAULT_EXPORTER, DEFAULT_FLOORS, EXPORTERS, FORMATS, OUTPUTS
 from cirn.runtime.backends import BACKENDS, DEVICES, PRECISIONS
 from cirn.runtime.sources import BAD_FRAME_POLICIES
-from cirn.train.config import CIR_METHODS, MODEL_NAMES, PROTOCOLS, SOURCES, TARGETS, preset_names
+from cirn.train.config import CIR_METHODS, MODEL_NAMES, PROTOCOLS, SOURCES, TARGETS, TOY_LOOKS, preset_names
 
 
 TRAINING_STACK = ("torch", "torchvision", "onnx", "onnxscript", "yaml", "matplotlib", "tensorboard")
@@ -45,7 +45,7 @@ def data_main():
 @data_main.command("toy", help="Render the procedural toy domain pair: a game-like source (GTA5 or SYNTHIA layout) "
                                "and a camera-like target (Cityscapes layout, train and val with labels).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Output folder [default: $CIRN_DATA/toy, i.e. ~/.cache/cirn/toy].")
+              help="Output folder [default: $CIRN_DATA/toy, i.e. ~/.cache/cirn/toy; toy-dusk for --look dusk].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["gta5", "synthia", "both"]), default="gta5", show_default=True,
               help="Layout of the source domain.")
@@ -53,12 +53,15 @@ def data_main():
 @click.option("--num-train", type=int, default=500, show_default=True, help="Target train images.")
 @click.option("--num-val", type=int, default=100, show_default=True, help="Target val images.")
 @click.option("--workers", type=int, default=0, help="Processes [default: all cores].")
+@click.option("--look", type=click.Choice(TOY_LOOKS), default="camera", show_default=True,
+              help="Look of the target: camera, or dusk (the same scenes and labels painted by a camera at dusk; "
+                   "train on it with data.toy_look=dusk).")
 @user_errors
-def data_toy(out, seed, fmt, num_source, num_train, num_val, workers):
+def data_toy(out, seed, fmt, num_source, num_train, num_val, workers, look):
     from cirn.train import toy
-    out = out or toy.default_root(seed)
+    out = out or toy.default_root(seed, look)
     summary = toy.generate(out, seed=seed, fmt=fmt, num_source=num_source, num_train=num_train,
-                           num_val=num_val, workers=workers or None)
+                           num_val=num_val, workers=workers or None, look=look)
     click.echo(summary)
 
 
@@ -306,21 +309,24 @@ def export_main(checkpoint, out, fp16, int8, calib, calib_images, dynamic, heigh
 
 # ---------------------------------------------------------------- cirn-data toy-video
 @data_main.command("toy-video", help="Render a toy dashcam clip: the camera drives down one street of the toy target "
-                                     "domain (camera-like look, constant lighting, per-frame noise). The ground truth "
-                                     "of every frame goes beside it in the Cityscapes layout (OUT without .mp4 = "
-                                     "the root for cirn-eval --target-root).")
+                                     "domain (its camera or dusk look, constant lighting, per-frame noise). The "
+                                     "ground truth of every frame goes beside it in the Cityscapes layout (OUT "
+                                     "without .mp4 = the root for cirn-eval --target-root).")
 @click.option("--out", type=click.Path(dir_okay=False), default="clip.mp4", show_default=True)
 @click.option("--frames", type=int, default=120, show_default=True)
 @click.option("--fps", type=float, default=15.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--size", default="256x128", show_default=True, help="WIDTHxHEIGHT (even numbers).")
 @click.option("--speed", type=float, default=6.0, show_default=True, help="Metres per second.")
+@click.option("--look", type=click.Choice(TOY_LOOKS), default="camera", show_default=True,
+              help="Look of the target (the same street and ground truth in either).")
 @user_errors
-def data_toy_video(out, frames, fps, seed, size, speed):
+def data_toy_video(out, frames, fps, seed, size, speed, look):
     from cirn.common.sizes import parse_size_wh
     from cirn.train import toy
     width, height = parse_size_wh(size, "--size")
-    result = toy.render_video(out, frames=frames, fps=fps, seed=seed, size_wh=(width, height), speed=speed)
+    result = toy.render_video(out, frames=frames, fps=fps, seed=seed, size_wh=(width, height), speed=speed,
+                              look=look)
     click.echo(f"{result['frames']} frames ({width}x{height}, {result['fps']:g} fps, {result['metres']:.0f} m) -> "
                f"{result['video']}\nground truth: {result['root']}/gtFine/val (score with cirn-eval --target-root "
                f"{result['root']} --pred-dir LABELS)")

@@ -301,13 +301,25 @@ def test_builders_need_roots_for_real_datasets():
 
 def test_builders_default_to_the_toy_domains(tmp_path, cityscapes, monkeypatch):
     source = write_gta5(tmp_path / "gta5")
+    looks = []
+
+    def ensure_toy(root=None, seed=0, fmt="gta5", look="camera"):
+        looks.append(look)
+        return types.SimpleNamespace(root=tmp_path, gta5=source, synthia=None, cityscapes=cityscapes)
+
     toy = types.ModuleType("cirn.train.toy")
-    toy.ensure_toy = lambda root=None, seed=0, fmt="gta5": types.SimpleNamespace(
-        root=tmp_path, gta5=source, synthia=None, cityscapes=cityscapes)
+    toy.ensure_toy = ensure_toy
     monkeypatch.setitem(sys.modules, "cirn.train.toy", toy)
     cfg = DataConfig()
     assert build_source_dataset(cfg).samples[0][1] == source / "images" / "00001.png"
     assert len(build_val_dataset(cfg)) == 2
+    assert looks == ["camera", "camera"]
+
+    dusk = DataConfig(toy_look="dusk")
+    build_source_dataset(dusk)
+    build_val_dataset(dusk)
+    build_val_dataset(DataConfig(toy_look="dusk", target_root=str(cityscapes)))  # a dataset root: no toy data
+    assert looks == ["camera", "camera", "dusk", "dusk"]
 
 
 # ---------------------------------------------------------------- infinite loader

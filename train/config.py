@@ -23,6 +23,7 @@ PRESET_DIR = Path(__file__).parent / "presets"
 # deploy-only install runs cirn-run from the same module.)
 SOURCES = ("toy", "gta5", "synthia")
 TARGETS = ("toy", "cityscapes")
+TOY_LOOKS = ("camera", "dusk")
 PROTOCOLS = (19, 16, 13)
 BAD_IMAGE_POLICIES = ("fail", "skip")
 MODEL_NAMES = ("deeplabv2-r101", "deeplabv2-r50", "mobilenetv3", "tiny")
@@ -49,6 +50,10 @@ class DataConfig:
     """Unlabelled target domain: toy | cityscapes."""
     target_root: str = ""
     """Target dataset root (Cityscapes layout); empty = the built-in toy target."""
+    toy_look: str = "camera"
+    """Look of the built-in toy target: camera (the original) | dusk (the same scenes and labels painted by a camera
+    at dusk, in $CIRN_DATA/toy-dusk): for checking that a recipe tuned on the toy pair is not tuned to one pair. Used
+    only where the toy data is (an empty source_root or target_root)."""
     intermediate_root: str = ""
     """Intermediate domain (translated source, source layout); replaces the source images when set."""
     pseudo_root: str = ""
@@ -78,6 +83,7 @@ class DataConfig:
     def __post_init__(self):
         _check_choice("data.source", self.source, SOURCES)
         _check_choice("data.target", self.target, TARGETS)
+        _check_choice("data.toy_look", self.toy_look, TOY_LOOKS)
         _check_choice("data.protocol", self.protocol, PROTOCOLS)
         _check_choice("data.bad_images", self.bad_images, BAD_IMAGE_POLICIES)
         for name in ("source_size_wh", "target_size_wh"):

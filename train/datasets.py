@@ -320,7 +320,7 @@ def _source_root(cfg_data):
         raise CirnError(f"data.source is {cfg_data.source!r} but no source root is set: pass --source-root "
                         f"(or data.source_root=/path/to/{cfg_data.source})")
     from .toy import ensure_toy
-    return ensure_toy().gta5  # the toy source uses the GTA5 layout
+    return ensure_toy(look=cfg_data.toy_look).gta5  # the toy source uses the GTA5 layout
 
 
 def _target_root(cfg_data):
@@ -330,7 +330,7 @@ def _target_root(cfg_data):
         raise CirnError(f"data.target is {cfg_data.target!r} but no target root is set: pass --target-root "
                         "(or data.target_root=/path/to/cityscapes)")
     from .toy import ensure_toy
-    return ensure_toy().cityscapes
+    return ensure_toy(look=cfg_data.toy_look).cityscapes
 
 
 def build_source_dataset(cfg_data, normalization="imagenet", intermediate=True, with_labels=True, flip=None):

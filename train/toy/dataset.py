@@ -1,6 +1,10 @@
 """The toy dataset on disk: generate() writes the GTA5, SYNTHIA and Cityscapes layouts. Each image has its own RNG
 seeded from (seed, domain, split, index), so the bytes do not depend on the number of workers. toy.json, written
 last, marks a complete dataset; a rerun with the same parameters returns at once, an interrupted one resumes.
+
+The target has two looks (look='camera', the original, or 'dusk'): the same scenes and labels painted by another
+camera, each in its own folder. Only a dusk dataset's toy.json (and toy.partial) records its look, so camera datasets
+keep today's bytes and those made before there were looks are still reused.
 """
 import json
 import multiprocessing
@@ -16,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from cirn.common.errors import CirnError
+from ..config import TOY_LOOKS
 from ..io import atomic_write_bytes, atomic_write_text, write_png
 from ..labels import CITYSCAPES_LABEL_IDS, PALETTE, TRAINID_TO_LABELID, TRAINID_TO_SYNTHIA, colorize
 from .render import render_frame
@@ -29,6 +34,7 @@ FORMATS = {"gta5": ("gta5",), "synthia": ("synthia",), "both": ("gta5", "synthia
 TRAIN_CITIES = ("toytown", "pixelburg")
 VAL_CITIES = ("valley",)
 ANNOTATED_FRAME = 19  # Cityscapes annotates the 20th frame of each 30-frame sequence
+TARGET_STYLES = {"camera": "target", "dusk": "dusk"}  # the render style of each look (TOY_LOOKS) of the target
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class _Job:
     num_val: int
     source_size_wh: tuple
     target_size_wh: tuple
+    look: str
 
     @property
     def synthia_size_wh(self):
@@ -71,16 +78,36 @@ class _Job:
         return [(part, "source", i) for i in range(self.num_source)]
 
 
-def default_root(seed=0):
-    """$CIRN_DATA/toy for seed 0, $CIRN_DATA/toy-seed{seed} otherwise; $CIRN_DATA defaults to ~/.cache/cirn."""
+def default_root(seed=0, look="camera"):
+    """$CIRN_DATA/toy for seed 0, $CIRN_DATA/toy-seed{seed} otherwise; the dusk look in toy-dusk and
+    toy-dusk-seed{seed}. $CIRN_DATA defaults to ~/.cache/cirn."""
+    target_style(look)  # validates
     base = Path(os.environ.get("CIRN_DATA") or "~/.cache/cirn").expanduser()
-    return base / ("toy" if seed == 0 else f"toy-seed{seed}")
+    name = "toy" if look == "camera" else f"toy-{look}"
+    return base / (name if seed == 0 else f"{name}-seed{seed}")
+
+
+def target_style(look):
+    """The render style of a look of the target: 'camera' -> 'target', 'dusk' -> 'dusk'."""
+    if look not in TOY_LOOKS:
+        raise CirnError(f"unknown toy look {look!r}: expected one of {', '.join(TOY_LOOKS)}")
+    return TARGET_STYLES[look]
 
 
 def read_manifest(root):
     """The toy.json of a complete toy dataset at `root`, or None."""
     manifest = _read_json(Path(root) / MANIFEST)
     return manifest if isinstance(manifest, dict) and manifest.get("generator") == GENERATOR else None
+
+
+def look_of(manifest):
+    """The target look a toy.json (or toy.partial) records: 'camera' unless it says otherwise."""
+    return manifest.get("look", "camera")
+
+
+def _look_fields(look):
+    """What toy.json and toy.partial record of the look: nothing for 'camera', so its files stay as they were."""
+    return {} if look == "camera" else {"look": look}
 
 
 def _read_json(path):
@@ -91,14 +118,16 @@ def _read_json(path):
 
 
 def generate(out, seed=0, fmt="gta5", num_source=500, num_train=500, num_val=100, workers=None,
-             source_size_wh=(320, 180), target_size_wh=(256, 128)):
+             source_size_wh=(320, 180), target_size_wh=(256, 128), look="camera"):
     """Render the toy pair into `out`: the source in GTA5 and/or SYNTHIA layout (fmt 'gta5', 'synthia' or
-    'both'), the target in Cityscapes layout (train and val). Parts already on disk with the same parameters are
-    kept; toy.json is written last. Returns a short human summary.
+    'both'), the target in Cityscapes layout (train and val) with the given look ('camera' or 'dusk'; the source
+    is the same for both). Parts already on disk with the same parameters are kept; a folder that holds the other
+    look is an error. toy.json is written last. Returns a short human summary.
     """
-    job = _make_job(out, seed, fmt, num_source, num_train, num_val, source_size_wh, target_size_wh)
+    job = _make_job(out, seed, fmt, num_source, num_train, num_val, source_size_wh, target_size_wh, look)
     workers = _check_workers(workers)
     parts = (*FORMATS[fmt], "cityscapes")
+    _check_look_on_disk(job)
     old = read_manifest(job.out)
     valid = [p for p in ("gta5", "synthia", "cityscapes") if _part_matches(old, job, p)]
     if all(p in valid for p in parts):
@@ -106,7 +135,8 @@ def generate(out, seed=0, fmt="gta5", num_source=500, num_train=500, num_val=100
 
     _check_ours(job.out)
     todo = [p for p in parts if p not in valid]
-    plan = {"version": GENERATOR_VERSION, "seed": job.seed, "parts": {p: job.params(p) for p in todo}}
+    plan = {"version": GENERATOR_VERSION, "seed": job.seed, **_look_fields(job.look),
+            "parts": {p: job.params(p) for p in todo}}
     tasks = [task for part in todo for task in job.tasks(part)]
     if _read_json(job.out / PARTIAL) == plan:  # an interrupted run of the same plan: keep what it finished
         tasks = [task for task in tasks if not all((job.out / f).exists() for f in _task_files(*task))]
@@ -119,7 +149,8 @@ def generate(out, seed=0, fmt="gta5", num_source=500, num_train=500, num_val=100
     for part in todo:
         _prune(job, part)
     done = {**{p: old[p] for p in valid}, **plan["parts"]}
-    manifest = {"generator": GENERATOR, "version": GENERATOR_VERSION, "seed": job.seed, "format": _format_of(done)}
+    manifest = {"generator": GENERATOR, "version": GENERATOR_VERSION, "seed": job.seed, **_look_fields(job.look),
+                "format": _format_of(done)}
     manifest.update((p, done[p]) for p in ("gta5", "synthia", "cityscapes") if p in done)
     atomic_write_text(job.out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     (job.out / PARTIAL).unlink(missing_ok=True)
@@ -128,19 +159,21 @@ def generate(out, seed=0, fmt="gta5", num_source=500, num_train=500, num_val=100
             f"worker{'s' * (used > 1)}.\n" + _describe(job.out, manifest))
 
 
-def ensure_toy(root=None, seed=0, fmt="gta5"):
-    """The toy dataset at `root` (default: default_root(seed)), generated there with the default counts the first
-    time it is needed; fmt 'synthia' or 'both' adds the SYNTHIA layout when it is missing. Returns ToyPaths.
+def ensure_toy(root=None, seed=0, fmt="gta5", look="camera"):
+    """The toy dataset at `root` (default: default_root(seed, look)), generated there with the default counts the
+    first time it is needed; fmt 'synthia' or 'both' adds the SYNTHIA layout when it is missing; look 'dusk' is the
+    second target look. Returns ToyPaths.
     """
     if fmt not in FORMATS:
         raise CirnError(f"unknown toy format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    root = Path(root).expanduser() if root is not None else default_root(seed)
+    root = Path(root).expanduser() if root is not None else default_root(seed, look)
     manifest = read_manifest(root)
-    usable = manifest is not None and manifest.get("version") == GENERATOR_VERSION and manifest.get("seed") == seed
+    usable = (manifest is not None and manifest.get("version") == GENERATOR_VERSION and manifest.get("seed") == seed
+              and look_of(manifest) == look)
     if not usable or any(p not in manifest for p in FORMATS[fmt]):
-        print(f"cirn: generating the toy dataset (seed {seed}, {fmt}) into {root}: first use, about a minute",
-              file=sys.stderr, flush=True)
-        generate(root, seed=seed, fmt=fmt, **(_counts_of(manifest) if usable else {}))
+        print(f"cirn: generating the toy dataset (seed {seed}, {fmt}, {look} look) into {root}: first use, about a "
+              "minute", file=sys.stderr, flush=True)
+        generate(root, seed=seed, fmt=fmt, look=look, **(_counts_of(manifest) if usable else {}))
         manifest = read_manifest(root)
     return ToyPaths(root, root / "gta5" if "gta5" in manifest else None,
                     root / "synthia" if "synthia" in manifest else None, root / "cityscapes")
@@ -160,9 +193,10 @@ def _counts_of(manifest):
     return counts
 
 
-def _make_job(out, seed, fmt, num_source, num_train, num_val, source_size_wh, target_size_wh):
+def _make_job(out, seed, fmt, num_source, num_train, num_val, source_size_wh, target_size_wh, look):
     if fmt not in FORMATS:
         raise CirnError(f"unknown toy format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    target_style(look)  # validates
     if not is_int(seed) or seed < 0:
         raise CirnError(f"toy seed must be a non-negative integer, got {seed!r}")
     for name, count in (("num_source", num_source), ("num_train", num_train), ("num_val", num_val)):
@@ -176,7 +210,7 @@ def _make_job(out, seed, fmt, num_source, num_train, num_val, source_size_wh, ta
     if out.exists() and not out.is_dir():
         raise CirnError(f"toy output {out} exists and is not a folder")
     return _Job(out, int(seed), int(num_source), int(num_train), int(num_val),
-                tuple(int(s) for s in source_size_wh), tuple(int(s) for s in target_size_wh))
+                tuple(int(s) for s in source_size_wh), tuple(int(s) for s in target_size_wh), look)
 
 
 def is_int(value):
@@ -194,6 +228,17 @@ def _check_workers(workers):
 def _part_matches(manifest, job, part):
     return (manifest is not None and manifest.get("version") == GENERATOR_VERSION
             and manifest.get("seed") == job.seed and manifest.get(part) == job.params(part))
+
+
+def _check_look_on_disk(job):
+    """Refuse to render one look over the other: each look has its own folder (default_root), and a silent
+    regeneration would replace the other look's target images in place."""
+    for name, what in ((MANIFEST, "the"), (PARTIAL, "an unfinished")):
+        found = _read_json(job.out / name)
+        if isinstance(found, dict) and look_of(found) != job.look:
+            raise CirnError(f"{job.out} holds {what} toy dataset of the {look_of(found)} look, not {job.look}: "
+                            f"choose another output folder (the {job.look} look's default is "
+                            f"{default_root(job.seed, job.look)}) or remove {job.out}")
 
 
 def _check_ours(out):
@@ -218,7 +263,8 @@ def _describe(out, manifest):
             p = manifest[part]
             lines.append(f"  source ({part} layout): {out / part}  {p['images']} images, {p['size'][0]}x{p['size'][1]}")
     p = manifest["cityscapes"]
-    lines.append(f"  target (cityscapes layout): {out / 'cityscapes'}  {p['train']} train + {p['val']} val, "
+    layout = "cityscapes layout" + ("" if look_of(manifest) == "camera" else f", {look_of(manifest)} look")
+    lines.append(f"  target ({layout}): {out / 'cityscapes'}  {p['train']} train + {p['val']} val, "
                  f"{p['size'][0]}x{p['size'][1]}")
     return "\n".join(lines)
 
@@ -266,7 +312,8 @@ def _render_task(job, task):
     paths = [job.out / f for f in _task_files(part, split, index)]
     if part == "cityscapes":
         scene = sample_scene(_image_rng(job.seed, split, index), "target")
-        frame = render_frame(scene, job.target_size_wh, "target", rng=_image_rng(job.seed, split, index, stream=1))
+        frame = render_frame(scene, job.target_size_wh, TARGET_STYLES[job.look],
+                             rng=_image_rng(job.seed, split, index, stream=1))
         write_png(paths[0], frame.image)
         write_png(paths[1], TRAINID_TO_LABELID[frame.labels])
         write_png(paths[2], colorize(frame.labels))

@@ -1,4 +1,4 @@
-"""A toy dashcam clip (cirn-data toy-video): the camera drives down one target-domain street."""
+"""A toy dashcam clip (cirn-data toy-video): the camera drives down one target-domain street, in either look."""
 import os
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import numpy as np
 from cirn.common.errors import CirnError
 from ..io import write_png
 from ..labels import TRAINID_TO_LABELID
-from .dataset import is_int
+from .dataset import is_int, target_style
 from .render import render_frame
 from .scene import SCENE_LENGTH, Box, Scene, sample_scene
 
@@ -71,9 +71,10 @@ def _clear_ego_lane(scene, until, half_width=1.4, clearance=3.0):
     return Scene(scene.mix, scene.sky, scene.sun, scene.ego_x, scene.length, scene.ground, shadows, things)
 
 
-def render_video(out, frames=120, fps=15.0, seed=0, size_wh=(256, 128), speed=6.0):
-    """Render a toy dashcam clip: the camera drives `speed` m/s down one target-domain street, in the camera-like
-    style; returns {'video', 'root', 'frames', 'fps', 'size_wh', 'metres'}.
+def render_video(out, frames=120, fps=15.0, seed=0, size_wh=(256, 128), speed=6.0, look="camera"):
+    """Render a toy dashcam clip: the camera drives `speed` m/s down one target-domain street, in the target's
+    `look` ('camera' or 'dusk': the same street and ground truth); returns {'video', 'root', 'frames', 'fps',
+    'size_wh', 'metres'}.
 
     out: the .mp4 to write (mp4v, the MPEG-4 codec every OpenCV build has). Beside it, `root` = out without its
     suffix holds the ground truth in the Cityscapes layout: gtFine/val/{stem}/{stem}_000000_{k:06d}_gtFine_labelIds.png
@@ -93,6 +94,7 @@ def render_video(out, frames=120, fps=15.0, seed=0, size_wh=(256, 128), speed=6.
         raise CirnError(f"fps must be positive and speed non-negative, got fps {fps} and speed {speed}")
     if not is_int(seed) or seed < 0:
         raise CirnError(f"seed must be a non-negative integer, got {seed!r}")
+    style = target_style(look)
     width, height = (int(s) for s in size_wh)
     if not (32 <= width <= 4096 and 32 <= height <= 4096) or width % 2 or height % 2:
         raise CirnError(f"size must be even WIDTHxHEIGHT in 32..4096 pixels (MPEG-4 needs even sides), "
@@ -116,7 +118,7 @@ def render_video(out, frames=120, fps=15.0, seed=0, size_wh=(256, 128), speed=6.
             raise CirnError(f"OpenCV cannot write an MPEG-4 (mp4v) video to {out}")
         try:
             for k in range(frames):
-                frame = render_frame(scene, (width, height), "target", camera_forward=k * speed / fps,
+                frame = render_frame(scene, (width, height), style, camera_forward=k * speed / fps,
                                      rng=_ClipCamera(seed, k))
                 writer.write(np.ascontiguousarray(frame.image[..., ::-1]))  # RGB -> BGR
                 name = f"{stem}_{CLIP_SEQUENCE:06d}_{k:06d}_gtFine_labelIds.png"
