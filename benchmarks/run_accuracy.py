@@ -68,7 +68,7 @@ def main(argv=None):
         root = args.target_root or prepared.target_root()
         if root is None:
             from cirn.train.toy import ensure_toy
-            root = ensure_toy().cityscapes
+            root = ensure_toy(look=data_cfg.get("toy_look", "camera")).cityscapes  # the look it trained on
         split = args.split or data_cfg.get("val_split", "val")
         protocol = data_cfg.get("protocol", 19)
         height, width = prepared.size_hw

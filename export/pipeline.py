@@ -131,7 +131,7 @@ def export_checkpoint(checkpoint=None, out=None, *, height=None, width=None, out
         parity_root = data_cfg.get("target_root") or None
         if parity_root is None:
             from cirn.train.toy import ensure_toy
-            parity_root = ensure_toy().cityscapes
+            parity_root = ensure_toy(look=data_cfg.get("toy_look", "camera")).cityscapes  # the look it trained on
     split = data_cfg.get("val_split", "val")
     frames = cityscapes_frames(parity_root, split, (width, height), parity_images) if parity else []
     calib_frames = calibration_frames(calib, (width, height), calib_images, parity_root) if int8 else []
