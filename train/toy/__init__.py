@@ -6,9 +6,14 @@ Both domains come from one scene grammar, so the gap is mostly appearance. Measu
 matching, 38 trained on the target itself. The look is frozen: bump dataset.GENERATOR_VERSION whenever an output
 byte changes.
 
+The target has a second look, 'dusk' (generate(look='dusk'), `cirn-data toy --look dusk`, data.toy_look=dusk): the
+same scenes and labels painted by a camera at dusk, in its own folder ($CIRN_DATA/toy-dusk), to check that a recipe
+tuned on the toy pair is not tuned to one pair. No mIoU has been measured on it yet.
+
     scene    the grammar: sample_scene(rng, mix) draws a Scene of boxes and polygons in world metres
-    render   render_frame(scene, size_wh, style, ...) paints it as the source ('source') or the target ('target')
-    dataset  generate() and ensure_toy() write the GTA5, SYNTHIA and Cityscapes layouts
+    render   render_frame(scene, size_wh, style, ...) paints it as the source ('source'), the target ('target') or
+             the target at dusk ('dusk')
+    dataset  generate() and ensure_toy() write the GTA5, SYNTHIA and Cityscapes layouts, the target in either look
     video    render_video() drives a camera down one target street: a dashcam clip with its ground truth
 """
 from .dataset import GENERATOR_VERSION, MANIFEST, ToyPaths, default_root, ensure_toy, generate, read_manifest
