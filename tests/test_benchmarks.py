@@ -12,6 +12,10 @@ import pytest
 import torch
 
 from cirn.common.errors import CirnError
+from cirn.train.checkpoint import load_model
+from cirn.train.config import from_dict
+from cirn.train.datasets import build_val_dataset
+from cirn.train.evaluate import evaluate_model
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 STATUSES = {"ok", "unavailable", "failed", "skipped"}
@@ -27,7 +31,7 @@ def bench():
     sys.path.insert(0, str(BENCHMARKS))
     try:
         yield {name: importlib.import_module(name) for name in ("variants", "measure", "report", "run_latency",
-                                                                "run_accuracy", "pseudo_labels")}
+                                                                "run_accuracy", "pseudo_labels", "so_collapse")}
     finally:
         sys.path.remove(str(BENCHMARKS))
 
@@ -190,3 +194,20 @@ def test_latency_on_the_gpu(bench, checkpoint, tmp_path):
     assert rows["torch-eager-cuda"]["status"] == "ok", rows["torch-eager-cuda"]["reason"]
     assert rows["torch-eager-cuda"]["memory_kind"] == "GPU memory delta"
     assert report["gemm_gflops_per_s"]["peak"]["cuda"] > 0
+
+
+def test_so_collapse_scores_the_three_ways(bench, checkpoint, tmp_path):
+    probe = bench["so_collapse"]
+    figures = probe.main([str(checkpoint), "--images", "4", "--json", str(tmp_path / "f.json")])
+    model, state = load_model(checkpoint)
+    val = build_val_dataset(from_dict(state["config"]).data, model.normalization)
+    assert figures["as trained"] == pytest.approx(evaluate_model(model.fused, val)["miou"])
+    assert len(figures) == 3 and all(0 <= v <= 100 for v in figures.values())
+    assert json.loads((tmp_path / "f.json").read_text())["miou"] == figures
+    stats = probe.channel_stats(val, 2)
+    same = probe.ColourMatched(val, stats, stats)[0]["image"]  # matched onto its own statistics: unchanged
+    assert torch.allclose(same, val[0]["image"], atol=1e-4)
+    before = [b.clone() for b in (m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))]
+    probe.reestimate_batchnorm(model, val, 2)
+    after = [m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not model.training and any(not torch.equal(b, a) for b, a in zip(before, after))

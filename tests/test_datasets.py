@@ -11,7 +11,7 @@ from PIL import Image
 
 from cirn.train import datasets
 from cirn.train.config import DataConfig
-from cirn.train.datasets import (CityscapesDataset, GTA5Dataset, SynthiaDataset, build_source_dataset,
+from cirn.train.datasets import (CityscapesDataset, GTA5Dataset, RandomCrop, SynthiaDataset, build_source_dataset,
                                  build_target_dataset, build_train_dataset, build_val_dataset, denormalize,
                                  infinite_loader, normalize, normalize_tensor)
 from cirn.common.errors import CirnError
@@ -205,6 +205,48 @@ def test_flip_moves_image_and_label_together(cityscapes):
     torch.manual_seed(0)
     assert [ds[0]["image"][0, 0, 0].item() for _ in range(8)] == first
     assert len(set(first)) == 2
+
+
+
+def test_cached_items_are_the_read_ones_and_skip_the_disk(cityscapes):
+    plain = CityscapesDataset(cityscapes, split="val", size_wh=(16, 8), flip=True)
+    cached = CityscapesDataset(cityscapes, split="val", size_wh=(16, 8), flip=True)
+    cached.cache = True
+    read = [plain[(0, seed)] for seed in range(6)]
+    cached[(0, 0)]
+    for path in cityscapes.rglob("*.png"):
+        path.unlink()  # from now on only the cache can answer
+    for seed, expected_item in enumerate(read):  # the flip still follows each key
+        item = cached[(0, seed)]
+        assert torch.equal(item["image"], expected_item["image"]) and torch.equal(item["label"], expected_item["label"])
+    assert len({bool(torch.equal(r["image"], read[0]["image"])) for r in read}) == 2  # both flips were seen
+    with pytest.raises(CirnError):
+        plain[(0, 3)]  # without the cache the files are read again
+
+
+def test_random_crop_of_image_and_label_replays_from_its_key(cityscapes):
+    base = CityscapesDataset(cityscapes, split="val")
+    crops = RandomCrop(base, (8, 4))
+    whole = base[(0, 5)]
+    item = crops[(0, 5)]
+    assert item["image"].shape == (3, 4, 8) and item["label"].shape == (4, 8)
+    assert torch.equal(item["image"], crops[(0, 5)]["image"])  # the same key, the same crop
+    windows = [(t, x) for t in range(H - 3) for x in range(W - 7)
+               if torch.equal(whole["image"][:, t:t + 4, x:x + 8], item["image"])]
+    assert any(torch.equal(whole["label"][t:t + 4, x:x + 8], item["label"]) for t, x in windows)
+    assert len({tuple(crops[(0, s)]["image"].flatten()[:8].tolist()) for s in range(12)}) > 1
+    tall = RandomCrop(base, (8, 1000))[(0, 1)]  # a side larger than the image keeps it whole
+    assert tall["image"].shape == (3, H, 8)
+
+
+def test_training_sets_crop_and_cache_as_configured(cityscapes):
+    cfg = DataConfig(target="cityscapes", target_root=str(cityscapes), target_size_wh=(16, 8),
+                     crop_size_wh=(8, 8), cache_images=True)
+    train = build_train_dataset(cfg, "target")
+    assert isinstance(train, RandomCrop) and train.dataset.cache and train[(0, 0)]["image"].shape == (3, 8, 8)
+    val = build_val_dataset(cfg)
+    assert val.cache and val[0]["image"].shape == (3, 8, 16)  # evaluation never crops
+    assert not isinstance(build_train_dataset(dataclasses.replace(cfg, crop_size_wh=()), "target"), RandomCrop)
 
 
 # ---------------------------------------------------------------- GTA5, SYNTHIA, intermediate

@@ -9,14 +9,29 @@ from cirn.train import engine, stage2
 from cirn.train.config import load_config
 
 
-def test_amp_auto_is_bf16_on_a_cuda_gpu_that_has_it_and_fp32_elsewhere(monkeypatch):
+def test_amp_auto_is_bf16_where_the_hardware_has_it_and_fp32_elsewhere(monkeypatch, tmp_path):
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: False)
     assert engine.resolve_amp(torch.device("cpu"), "auto") == "none"
     assert engine.resolve_amp(torch.device("cpu"), "bf16") == "bf16"
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: True)
+    assert engine.resolve_amp(torch.device("cpu"), "auto") == "bf16"
+    assert engine.resolve_amp(torch.device("cpu"), "none") == "none"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert engine.resolve_amp(torch.device("cuda"), "auto") == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert engine.resolve_amp(torch.device("cuda"), "auto") == "none"
-    assert load_config("toy").run.amp == "auto"  # on this CPU: fp32, as before
+    assert load_config("toy").run.amp == "auto"
+
+
+def test_cpu_bf16_is_read_from_the_cpu_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw\n")
+    assert not engine.cpu_has_bf16(info)  # AVX-512 alone: oneDNN would emulate bf16
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert engine.cpu_has_bf16(info)
+    info.write_text("flags\t\t: fpu amx_bf16 amx_tile\n")
+    assert engine.cpu_has_bf16(info)
+    assert not engine.cpu_has_bf16(tmp_path / "missing")
 
 
 def test_paper_presets_feed_the_gpu():
@@ -34,8 +49,8 @@ def test_cuda_device_turns_on_cudnn_autotuning_and_channels_last(monkeypatch):
     engine.on_device(module, torch.device("cuda"))
     assert calls == [((torch.device("cuda"),), {}), ((), {"memory_format": torch.channels_last})]
     calls.clear()
-    engine.on_device(module, torch.device("cpu"))
-    assert calls == [((torch.device("cpu"),), {})]  # the CPU keeps the default layout
+    engine.on_device(module, torch.device("cpu"))  # oneDNN's convolutions are faster channels-last too
+    assert calls == [((torch.device("cpu"),), {}), ((), {"memory_format": torch.channels_last})]
 
 
 def test_losses_are_read_once_per_log_step_not_every_step(toy_data, tmp_path, monkeypatch):

@@ -299,3 +299,12 @@ def test_stage1_errors_are_clear(toy_data, toy_args, seg_checkpoint, tmp_path):
     (tmp_path / "d" / "images" / "x.png").write_bytes(b"")
     with pytest.raises(CirnError, match="not an intermediate domain of ours"):
         translate_fda(smoke_cfg(toy_data, seg_checkpoint), tmp_path / "d", quiet=True)
+
+
+def test_stage1_sizes_its_own_run():
+    cfg = load_config("toy", overrides=["run.iterations=400", "run.batch_size=8", "stage1.iterations=150",
+                                        "stage1.batch_size=4"])
+    run = stage1.stage1_config(cfg).run
+    assert (run.iterations, run.batch_size) == (150, 4)
+    plain = load_config("toy", overrides=["stage1.iterations=0", "stage1.batch_size=0"])
+    assert stage1.stage1_config(plain).run == plain.run  # 0: the segmentation stages' values

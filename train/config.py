@@ -76,6 +76,12 @@ class DataConfig:
     """Random horizontal flip of training images."""
     num_workers: int = 0
     """DataLoader worker processes."""
+    crop_size_wh: tuple = ()
+    """[width, height] random crop of the resized training images and labels (each side at most the image's); []
+    trains on whole images (the paper's protocol). Evaluation always sees whole images."""
+    cache_images: bool = False
+    """Keep every decoded, resized image and label in memory after its first read (each DataLoader worker holds its
+    own copy): the toy preset's 1,100 images take about 200 MB and then load without PNG decoding or resizing."""
     bad_images: str = "fail"
     """An unreadable training image or label: fail (an error naming the file) | skip (warn, leave it out, list it in
     the run's summary.json as skipped_images; with num_workers > 0 only the warnings name those the workers met)."""
@@ -89,6 +95,12 @@ class DataConfig:
         for name in ("source_size_wh", "target_size_wh"):
             _set(self, name, _check_pair(f"data.{name}", getattr(self, name), "[width, height] of integers >= 8",
                                          lambda s: _is_int(s) and s >= 8))
+        if self.crop_size_wh not in ((), []):
+            _set(self, "crop_size_wh", _check_pair("data.crop_size_wh", self.crop_size_wh,
+                                                   "[width, height] of integers >= 8, or [] for none",
+                                                   lambda s: _is_int(s) and s >= 8))
+        else:
+            _set(self, "crop_size_wh", ())
         _check_text("data.val_split", self.val_split)
         _check_int("data.max_val_images", self.max_val_images, 0)
         _check_int("data.num_workers", self.num_workers, 0)
@@ -187,7 +199,8 @@ class RunConfig:
     device: str = "auto"
     """auto | cpu | cuda | cuda:N."""
     amp: str = "auto"
-    """Mixed precision: auto (bf16 on a CUDA GPU that has it, else none) | none (fp32) | bf16 | fp16 (CUDA only)."""
+    """Mixed precision: auto (bf16 on a CUDA GPU that has it and on a CPU with bf16 instructions, AVX512-BF16 or AMX;
+    else none) | none (fp32) | bf16 | fp16 (CUDA only)."""
     tensorboard: bool = True
 
     def __post_init__(self):
@@ -208,6 +221,9 @@ class Stage1Config:
     iterations: int = 0
     """CycleGAN training iterations; 0 = run.iterations. Non-zero replaces run.iterations in the stage-1 run (its
     saved config shows the value used), so one config file can size stage 1 and the segmentation stages apart."""
+    batch_size: int = 0
+    """CycleGAN batch (source and target images each); 0 = run.batch_size. Non-zero replaces run.batch_size in the
+    stage-1 run, as stage1.iterations does run.iterations."""
     crop_size_wh: tuple = (1024, 512)
     """[width, height] random crop of the resized source and target images for training; multiples of 4 that fit
     in data.source_size_wh and data.target_size_wh. Translation runs on the whole resized source image."""
@@ -245,6 +261,7 @@ class Stage1Config:
                                                "[width, height] of multiples of 4, at least 16",
                                                lambda s: _is_int(s) and s >= 16 and s % 4 == 0))
         _check_int("stage1.iterations", self.iterations, 0)
+        _check_int("stage1.batch_size", self.batch_size, 0)
         _check_int("stage1.ngf", self.ngf, 1)
         _check_int("stage1.ndf", self.ndf, 1)
         _check_int("stage1.n_blocks", self.n_blocks, 0)

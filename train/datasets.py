@@ -100,9 +100,12 @@ class SegmentationDataset(Dataset, abc.ABC):
     does, draws the random flip from `seed` instead of torch's global RNG (exact resume, any number of workers).
     `bad_images`: 'fail' (an unreadable image or label is an error naming it) or 'skip' (warn once, name it in
     `skipped` and use the next sample instead; data.bad_images for the training sets).
+    `cache`: keep each sample's decoded, resized image and label in memory after its first read (data.cache_images;
+    every DataLoader worker holds its own copy).
     """
 
     bad_images = "fail"
+    cache = False
 
     def __init__(self, samples, size_wh=None, flip=False, normalization="imagenet", label_size="image",
                  with_labels=True, max_images=0):
@@ -118,6 +121,7 @@ class SegmentationDataset(Dataset, abc.ABC):
         self.label_size = label_size
         self.with_labels = with_labels
         self.skipped = set()  # names of unreadable samples left out (this process's; workers keep their own)
+        self._cached = {}  # index -> (image, label or None, (height, width)) when self.cache
 
     def __len__(self):
         return len(self.samples)
@@ -149,21 +153,32 @@ class SegmentationDataset(Dataset, abc.ABC):
             index = (index + 1) % len(self)  # the next sample stands in for an unreadable one
         raise CirnError(f"none of the {len(self)} samples can be read (data.bad_images=skip)")
 
-    def _load(self, index, seed):
+    def _read(self, index):
+        """(image (H, W, 3) uint8 resized, label (H, W) uint8 trainIds or None, original (height, width))."""
+        if index in self._cached:
+            return self._cached[index]
         name, image_path, label_path = self.samples[index]
         image = read_image(image_path)  # (H, W, 3) uint8 RGB
-        height, width = image.shape[:2]
+        size_hw = image.shape[:2]
         if self.size_wh is not None:
             image = _resize(image, self.size_wh, Image.BICUBIC)
-        flip = self._flip_now(seed)
-        if flip:
-            image = image[:, ::-1]
-        item = {"image": normalize(image, self.normalization), "name": name,
-                "size_hw": torch.tensor([height, width])}
+        label = None
         if self.with_labels:
             label = self.read_trainids(label_path)  # (h, w) uint8; GTA5 labels may differ in size from the image
             if self.label_size == "image":
                 label = _resize(label, (image.shape[1], image.shape[0]), Image.NEAREST)
+        if self.cache:
+            self._cached[index] = (image, label, size_hw)
+        return image, label, size_hw
+
+    def _load(self, index, seed):
+        image, label, (height, width) = self._read(index)
+        flip = self._flip_now(seed)
+        if flip:
+            image = image[:, ::-1]
+        item = {"image": normalize(image, self.normalization), "name": self.samples[index][0],
+                "size_hw": torch.tensor([height, width])}
+        if label is not None:
             if flip:
                 label = label[:, ::-1]
             item["label"] = torch.from_numpy(label.astype(np.int64))  # (H, W)
@@ -341,15 +356,52 @@ def build_source_dataset(cfg_data, normalization="imagenet", intermediate=True, 
     root, label_root = source_root, None
     if intermediate and cfg_data.intermediate_root:
         root, label_root = cfg_data.intermediate_root, source_root
-    return cls(root, size_wh=cfg_data.source_size_wh, list_file=cfg_data.source_list or None, with_labels=with_labels,
-               flip=cfg_data.flip if flip is None else flip, normalization=normalization, label_root=label_root)
+    dataset = cls(root, size_wh=cfg_data.source_size_wh, list_file=cfg_data.source_list or None,
+                  with_labels=with_labels, flip=cfg_data.flip if flip is None else flip, normalization=normalization,
+                  label_root=label_root)
+    dataset.cache = cfg_data.cache_images
+    return dataset
+
+
+class RandomCrop(Dataset):
+    """Random (width, height) crops of another dataset's items (image and, if present, label); an image no larger
+    than the crop along a side keeps that side whole.
+
+    Indexed with an (index, seed) key, as InfiniteLoader does, the offsets come from default_rng((seed, 1)), apart
+    from the flip's default_rng(seed): crops replay exactly on resume, whatever the number of workers.
+    """
+
+    def __init__(self, dataset, size_wh):
+        self.dataset, self.size_wh = dataset, tuple(size_wh)
+
+    @property
+    def skipped(self):
+        return self.dataset.skipped
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        item = dict(self.dataset[key])
+        seed = key[1] if isinstance(key, tuple) else int(torch.randint(2**62, ()))
+        rng = np.random.default_rng((seed, 1))
+        height, width = item["image"].shape[-2:]
+        crop_w, crop_h = min(self.size_wh[0], width), min(self.size_wh[1], height)
+        top = int(rng.integers(height - crop_h + 1))
+        left = int(rng.integers(width - crop_w + 1))
+        item["image"] = item["image"][:, top:top + crop_h, left:left + crop_w]  # (3, crop_h, crop_w)
+        if "label" in item:
+            item["label"] = item["label"][top:top + crop_h, left:left + crop_w]  # (crop_h, crop_w)
+        return item
 
 
 def build_target_dataset(cfg_data, normalization="imagenet", with_labels=False, split="train", flip=None):
     """Target training set (Cityscapes layout, train split): unlabelled for adaptation, labelled for the oracle."""
-    return CityscapesDataset(_target_root(cfg_data), split=split, size_wh=cfg_data.target_size_wh,
-                             list_file=cfg_data.target_list or None, with_labels=with_labels,
-                             flip=cfg_data.flip if flip is None else flip, normalization=normalization)
+    dataset = CityscapesDataset(_target_root(cfg_data), split=split, size_wh=cfg_data.target_size_wh,
+                                list_file=cfg_data.target_list or None, with_labels=with_labels,
+                                flip=cfg_data.flip if flip is None else flip, normalization=normalization)
+    dataset.cache = cfg_data.cache_images
+    return dataset
 
 
 def build_train_dataset(cfg_data, domain, normalization="imagenet", with_labels=True):
@@ -365,17 +417,20 @@ def build_train_dataset(cfg_data, domain, normalization="imagenet", with_labels=
         dataset = CityscapesDataset(_target_root(cfg_data), "train", size_wh=cfg_data.target_size_wh,
                                     list_file=cfg_data.target_list or None, flip=cfg_data.flip,
                                     normalization=normalization, label_root=cfg_data.pseudo_root)
+        dataset.cache = cfg_data.cache_images
     else:
         raise CirnError(f"unknown training domain {domain!r}: expected 'source', 'target' or 'pseudo'")
     dataset.bad_images = cfg_data.bad_images
-    return dataset
+    return RandomCrop(dataset, cfg_data.crop_size_wh) if cfg_data.crop_size_wh else dataset
 
 
 def build_val_dataset(cfg_data, normalization="imagenet"):
     """Target val split: images resized to data.target_size_wh, labels kept at full resolution for the metric."""
-    return CityscapesDataset(_target_root(cfg_data), split=cfg_data.val_split, size_wh=cfg_data.target_size_wh,
-                             with_labels=True, flip=False, normalization=normalization, label_size="original",
-                             max_images=cfg_data.max_val_images)
+    dataset = CityscapesDataset(_target_root(cfg_data), split=cfg_data.val_split, size_wh=cfg_data.target_size_wh,
+                                with_labels=True, flip=False, normalization=normalization, label_size="original",
+                                max_images=cfg_data.max_val_images)
+    dataset.cache = cfg_data.cache_images
+    return dataset
 
 
 # ---------------------------------------------------------------- endless, resumable batches

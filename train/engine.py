@@ -48,17 +48,32 @@ def resolve_device(spec):
 
 
 def on_device(module, device):
-    """`module` on `device`; on CUDA in channels-last memory, the layout cuDNN's tensor-core convolutions read
-    without transposing (bf16 convolutions on recent GPUs run markedly faster so)."""
-    module = module.to(device)
-    return module.to(memory_format=torch.channels_last) if device.type == "cuda" else module
+    """`module` on `device`, in channels-last memory: the layout cuDNN's tensor-core convolutions read without
+    transposing (bf16 convolutions on recent GPUs run markedly faster so), and oneDNN's on CPUs (the toy model's
+    training iteration: 259 -> 152 ms at batch 8 on a 2-core AVX2 EPYC). Inputs may stay NCHW: a convolution with
+    channels-last weights returns channels-last activations."""
+    return module.to(device).to(memory_format=torch.channels_last)
+
+
+def cpu_has_bf16(cpuinfo="/proc/cpuinfo"):
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX-BF16), read from the kernel's CPU flags; False
+    where they cannot be read. Without them oneDNN emulates bf16, slower than fp32."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path(cpuinfo).read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_amp(device, amp):
-    """run.amp with auto resolved: bf16 on a CUDA GPU that has it, else none (fp32)."""
+    """run.amp with auto resolved: bf16 on a CUDA GPU that has it and on a CPU with bf16 instructions, else none
+    (fp32)."""
     if amp != "auto":
         return amp
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "none"
+    return "bf16" if cpu_has_bf16() else "none"
 
 
 def autocast(device, amp):

@@ -17,14 +17,14 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
 from . import distributed, fda
 from .checkpoint import load_model
-from .datasets import build_source_dataset, build_target_dataset, denormalize, infinite_loader, normalize_tensor
+from .datasets import (RandomCrop, build_source_dataset, build_target_dataset, denormalize, infinite_loader,
+                       normalize_tensor)
 from .distributed import average_gradients, global_count
 from .engine import (autocast, grad_scaler, on_device, open_run_dir, prepare_run_dir, resolve_device, seed_everything,
                      set_lr, train_loop)
@@ -62,37 +62,6 @@ def linear_decay_lr(base_lr, iteration, iterations, decay_start=0.5):
     if iteration < start:
         return base_lr
     return base_lr * (1 - (iteration - start) / max(1, iterations - start))
-
-
-class RandomCrop(Dataset):
-    """Random (width, height) crops of another dataset's items (image and, if present, label).
-
-    Indexed with an (index, seed) key, as InfiniteLoader does, the offsets come from default_rng((seed, 1)), apart
-    from the flip's default_rng(seed): crops replay exactly on resume, whatever the number of workers.
-    """
-
-    def __init__(self, dataset, size_wh):
-        self.dataset, self.size_wh = dataset, tuple(size_wh)
-
-    @property
-    def skipped(self):
-        return self.dataset.skipped
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        item = dict(self.dataset[key])
-        seed = key[1] if isinstance(key, tuple) else int(torch.randint(2**62, ()))
-        rng = np.random.default_rng((seed, 1))
-        height, width = item["image"].shape[-2:]
-        crop_w, crop_h = self.size_wh
-        top = int(rng.integers(height - crop_h + 1))
-        left = int(rng.integers(width - crop_w + 1))
-        item["image"] = item["image"][:, top:top + crop_h, left:left + crop_w]  # (3, crop_h, crop_w)
-        if "label" in item:
-            item["label"] = item["label"][top:top + crop_h, left:left + crop_w]  # (crop_h, crop_w)
-        return item
 
 
 class LossMeans:
@@ -201,10 +170,10 @@ def train_step(nets, seg_model, opt_gen, opt_disc, pool_src, pool_trg, images_sr
 
 
 def stage1_config(cfg):
-    """The run's config with stage1.iterations (when set) as run.iterations, the count train_loop reads."""
-    if cfg.stage1.iterations:
-        return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, iterations=cfg.stage1.iterations))
-    return cfg
+    """The run's config with stage1.iterations and stage1.batch_size (when set) as run.iterations and
+    run.batch_size, the counts train_loop and the loaders read."""
+    run = {key: getattr(cfg.stage1, key) for key in ("iterations", "batch_size") if getattr(cfg.stage1, key)}
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, **run)) if run else cfg
 
 
 def check_crop(cfg):
