@@ -17,7 +17,8 @@ import numpy as np
 
 from cirn.train import labels as L
 from cirn.train.config import from_dict, load_config, merge
-from cirn.train.datasets import _target_root, build_target_dataset, cityscapes_label_files, read_label
+from cirn.train.datasets import PSEUDO_LABELS, _target_root, build_target_dataset, cityscapes_label_files
+from cirn.train.io import read_label
 from cirn.train.checkpoint import load_model
 from cirn.train.evaluate import ConfusionMatrix
 from cirn.train.stage3 import easiest_images, image_entropies
@@ -42,10 +43,12 @@ def image_confusions(pseudo_dir, target_root):
     """{name: (19, 19) confusion [true, pseudo] over the labelled pixels whose true class is not ignored}."""
     truth = dict(cityscapes_label_files(target_root, "train"))
     result = {}
-    for name, path in cityscapes_label_files(pseudo_dir, "train"):
+    folder = Path(pseudo_dir) / PSEUDO_LABELS  # trainId PNGs, NAME.png
+    for path in sorted(folder.rglob("*.png")):
+        name = path.relative_to(folder).with_suffix("").as_posix()
         if name not in truth:
             raise SystemExit(f"{path}: no label for {name} under {target_root}/gtFine/train")
-        pseudo, true = trainids(path), trainids(truth[name])
+        pseudo, true = read_label(path), trainids(truth[name])
         if pseudo.shape != true.shape:
             raise SystemExit(f"{path}: {pseudo.shape} pseudo label against a {true.shape} label")
         confusion = ConfusionMatrix(L.NUM_CLASSES)

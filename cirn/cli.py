@@ -47,8 +47,9 @@ def data_main():
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder [default: $CIRN_DATA/toy, i.e. ~/.cache/cirn/toy; toy-dusk for --look dusk].")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["gta5", "synthia", "both"]), default="gta5", show_default=True,
-              help="Layout of the source domain.")
+@click.option("--format", "fmt", type=click.Choice(["gta5", "synthia", "carla", "both"]), default="gta5",
+              show_default=True, help="Layout of the source domain; carla: a folder source (images/, labels/) with "
+                                      "CARLA >= 0.9.14 raw semantic labels, for --source folder --label-map carla.")
 @click.option("--num-source", type=int, default=500, show_default=True)
 @click.option("--num-train", type=int, default=500, show_default=True, help="Target train images.")
 @click.option("--num-val", type=int, default=100, show_default=True, help="Target val images.")
@@ -99,10 +100,20 @@ def run_options(fn):
     options = [
         click.option("--source", type=click.Choice(SOURCES), default=None,
                      help="Labelled source domain [preset's, toy by default]."),
-        click.option("--source-root", type=click.Path(), default=None, help="Source dataset root."),
+        click.option("--source-root", type=click.Path(), default=None,
+                     help="Source dataset root (--source folder: a folder with images/ and labels/)."),
+        click.option("--label-map", default=None,
+                     help="What the source labels hold: cityscapes | trainids | gta5 | synthia | carla | "
+                          "carla-legacy | palette, or a YAML file (which may define its own classes) [the source's "
+                          "own format]."),
         click.option("--target", type=click.Choice(TARGETS), default=None,
-                     help="Target domain [preset's, toy by default]."),
-        click.option("--target-root", type=click.Path(), default=None, help="Cityscapes root."),
+                     help="Target domain [preset's, toy by default]: folder = every image under --target-root, "
+                          "video = a video file or a folder of videos (data.frame_stride)."),
+        click.option("--target-root", type=click.Path(), default=None,
+                     help="Cityscapes root, folder of images, video file or folder of videos."),
+        click.option("--target-val", type=click.Path(), default=None,
+                     help="A few labelled target frames (images/ + labels/, or a Cityscapes root) to score the rows "
+                          "and pick checkpoints; without it no target label is read."),
         click.option("--pretrained", default=None,
                      help="Backbone init: 'imagenet' or a weights file (torchvision, DeepLab init, or a cirn "
                           "checkpoint: its backbone)."),
@@ -142,6 +153,10 @@ def _main_process():
 
 def print_summary(summary):
     if not _main_process():
+        return
+    if summary["best_miou"] is None:
+        click.echo(f"no target labels: best.pt is iteration {summary['best_iteration']}, picked by "
+                   f"{summary['select']} -> {summary['run_dir']}/best.pt")
         return
     click.echo(f"best target mIoU {summary['best_miou']:.2f} at iteration {summary['best_iteration']} "
                f"-> {summary['run_dir']}/best.pt")
@@ -196,7 +211,9 @@ def train_stage3(init, intermediate, preset, config_file, overrides, out, resume
     cfg, run_dir = resolve_run("stage3", preset, config_file, overrides, out, resume, intermediate_root=intermediate,
                                **data)
     result = stage3.run(cfg, run_dir, init=init, resume=resume, quiet=quiet)
-    if _main_process():
+    if _main_process() and result["best_miou"] is None:
+        click.echo(f"no target labels: {len(result['rounds'])} round(s) -> {result['best']}")
+    elif _main_process():
         click.echo(f"best target mIoU {result['best_miou']:.2f} after {len(result['rounds'])} round(s) -> "
                    f"{result['best']}")
 

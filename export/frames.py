@@ -11,7 +11,7 @@ from PIL import Image
 
 from cirn.common.errors import CirnError
 from cirn.common.files import IMAGE_SUFFIXES, read_image
-from cirn.train.datasets import CityscapesDataset
+from cirn.train.datasets import CityscapesDataset, build_target_dataset, build_val_dataset
 
 
 @dataclass
@@ -43,6 +43,19 @@ def cityscapes_frames(root, split, size_wh, limit, with_labels=True):
     frames = []
     for name, image_path, label_path in _spread(dataset.samples, limit):
         label = dataset.read_trainids(label_path) if with_labels else None
+        frames.append(Frame(name, to_frame(read_image(image_path), size_wh), label))
+    return frames
+
+
+def run_frames(data_cfg, size_wh, limit, with_labels=True, class_names=()):
+    """Up to `limit` frames of a run's own target (a DataConfig) at size_wh=(W, H): its labelled images where it
+    has any (--target-val, the toy's or Cityscapes' val split), else its unlabelled train images (a folder, a video's
+    decoded frames), without labels. class_names: the model's own class set (empty: Cityscapes')."""
+    dataset = build_val_dataset(data_cfg, class_names=class_names) if with_labels else None
+    dataset = dataset or build_target_dataset(data_cfg, flip=False, quiet=True)
+    frames = []
+    for name, image_path, label_path in _spread(dataset.samples, limit):
+        label = dataset.read_trainids(label_path) if label_path is not None and dataset.with_labels else None
         frames.append(Frame(name, to_frame(read_image(image_path), size_wh), label))
     return frames
 

@@ -104,6 +104,8 @@ def _labels_of(output, kind):
 def _score(confusion, labels, frames):
     """Add (B, H, W) labels to a confusion matrix, resized to each frame's label size as cirn-run writes them."""
     for pred, frame in zip(labels, frames, strict=True):
+        if frame.label is None:  # your own footage without labels: agreement only, no mIoU
+            continue
         pred = resize_labels(np.ascontiguousarray(pred, dtype=np.uint8), frame.label.shape)  # (h, w)
         confusion.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(frame.label.astype(np.int64)))
 

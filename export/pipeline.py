@@ -11,10 +11,10 @@ from pathlib import Path
 
 from cirn import __version__
 from cirn.common.errors import CirnError
-from cirn.common.metadata import INPUT_NAME, METADATA_VERSION, made_up_palette
+from cirn.common.metadata import INPUT_NAME, METADATA_VERSION
 
 from .choices import DEFAULT_EXPORTER, FORMATS, OUTPUTS
-from .frames import calibration_frames, cityscapes_frames
+from .frames import calibration_frames, cityscapes_frames, run_frames
 from .graph import DeployModel
 from .onnx_export import (OPSETS, check_onnx, export_onnx, read_metadata,
                           simplify_onnx, write_metadata)
@@ -42,17 +42,16 @@ def model_metadata(model, state, checkpoint, output, height, width, dynamic, inp
                    quantization=None):
     """What a runtime needs to use an exported model without the checkpoint (stored in the ONNX and engine JSON)."""
     from cirn.train.checkpoint import config_digest, config_of_checkpoint
-    from cirn.train.evaluate import class_names
-    from cirn.train.labels import PALETTE
+    from cirn.train.labelmaps import checkpoint_class_set
     num_classes = model.num_classes
-    palette = made_up_palette(num_classes, PALETTE).tolist()  # Cityscapes' colours, made-up ones past 19
+    names, palette = checkpoint_class_set(state)  # the run's own class set, or Cityscapes' (made-up colours past 19)
     return {
         "format_version": METADATA_VERSION,
         "cirn_version": __version__,
         "model": state["model_meta"]["name"],
         "num_classes": num_classes,
-        "class_names": list(class_names(num_classes)),
-        "palette": palette,  # RGB per class
+        "class_names": list(names),
+        "palette": palette.tolist(),  # RGB per class
         "normalization": model.normalization,
         "input": {"name": INPUT_NAME, "dtype": input_dtype, "layout": "NCHW", "channels": "RGB",
                   "range": [0, 255]},
@@ -127,14 +126,26 @@ def export_checkpoint(checkpoint=None, out=None, *, height=None, width=None, out
     precisions = ["fp32"] + (["fp16"] if fp16 else []) + (["int8"] if int8 else [])
     keys = precisions + (["int8-tensorrt"] if int8 and trt is not None else [])
 
-    if parity_root is None and (parity or int8):  # the parity images, and INT8's default calibration images
-        parity_root = data_cfg.get("target_root") or None
-        if parity_root is None:
-            from cirn.train.toy import ensure_toy
-            parity_root = ensure_toy(look=data_cfg.get("toy_look", "camera")).cityscapes  # the look it trained on
     split = data_cfg.get("val_split", "val")
-    frames = cityscapes_frames(parity_root, split, (width, height), parity_images) if parity else []
-    calib_frames = calibration_frames(calib, (width, height), calib_images, parity_root) if int8 else []
+    if parity_root is None and data_cfg.get("target") in ("folder", "video"):
+        # Your own footage: its --target-val frames when the run had them, else its unlabelled images (agreement
+        # with PyTorch needs no labels); INT8 calibrates on its images too.
+        from cirn.train.config import from_dict
+        run_cfg = from_dict(state["config"])
+        run_data = run_cfg.data
+        parity_root = run_data.target_val or run_data.target_root
+        frames = run_frames(run_data, (width, height), parity_images, class_names=run_cfg.model.class_names) \
+            if parity else []
+        calib_frames = ((calibration_frames(calib, (width, height), calib_images) if calib else
+                         run_frames(run_data, (width, height), calib_images, with_labels=False)) if int8 else [])
+    else:
+        if parity_root is None and (parity or int8):  # the parity images, and INT8's default calibration images
+            parity_root = data_cfg.get("target_root") or None
+            if parity_root is None:
+                from cirn.train.toy import ensure_toy
+                parity_root = ensure_toy(look=data_cfg.get("toy_look", "camera")).cityscapes  # the look it trained on
+        frames = cityscapes_frames(parity_root, split, (width, height), parity_images) if parity else []
+        calib_frames = calibration_frames(calib, (width, height), calib_images, parity_root) if int8 else []
     deploy = DeployModel(model, output)
     sizes = [(height, width)] + ([second_size(height, width, model.output_stride)] if dynamic else [])
     batch = 2 if dynamic else 1

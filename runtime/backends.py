@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from cirn.common.errors import CirnError
-from cirn.common.metadata import ModelMetadata, made_up_palette
+from cirn.common.metadata import ModelMetadata
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 DEVICES = ("cpu", "cuda")
@@ -131,8 +131,7 @@ class TorchBackend(Backend):
 
         from cirn.export.graph import DeployModel
         from cirn.train.checkpoint import load_model
-        from cirn.train.evaluate import class_names
-        from cirn.train.labels import PALETTE
+        from cirn.train.labelmaps import checkpoint_class_set
         if device == "cuda" and not torch.cuda.is_available():
             raise CirnError("--device cuda: PyTorch sees no CUDA GPU here (torch.cuda.is_available() is False); "
                             "run on the CPU with --device cpu, or install a CUDA build of PyTorch on a GPU machine")
@@ -151,8 +150,7 @@ class TorchBackend(Backend):
         self.pin = device == "cuda"
         data = state["config"].get("data", {})
         width, height = data.get("target_size_wh", data.get("target_size", (256, 128)))  # target_size: older runs
-        names = tuple(class_names(model.num_classes))
-        palette = made_up_palette(len(names), PALETTE)
+        names, palette = checkpoint_class_set(state)
         meta = {"source_checkpoint": str(Path(checkpoint).resolve()), "model": state["model_meta"]["name"],
                 "normalization": model.normalization}
         super().__init__(ModelMetadata(names, palette, (int(height), int(width)), True, output, None, None, None,

@@ -31,7 +31,8 @@ def bench():
     sys.path.insert(0, str(BENCHMARKS))
     try:
         yield {name: importlib.import_module(name) for name in ("variants", "measure", "report", "run_latency",
-                                                                "run_accuracy", "pseudo_labels", "so_collapse")}
+                                                                "run_accuracy", "pseudo_labels", "so_collapse",
+                                                                "selection")}
     finally:
         sys.path.remove(str(BENCHMARKS))
 
@@ -164,7 +165,8 @@ def test_pseudo_label_precision_against_the_train_labels(bench, checkpoint, toy_
     import numpy as np
 
     from cirn.train import labels
-    from cirn.train.datasets import cityscapes_label_files, read_label
+    from cirn.train.datasets import cityscapes_label_files
+    from cirn.train.io import read_label
     from cirn.train.io import write_png
     target = toy_data / "cityscapes"
     files = cityscapes_label_files(target, "train")
@@ -175,8 +177,8 @@ def test_pseudo_label_precision_against_the_train_labels(bench, checkpoint, toy_
         valid += int((trainids != labels.IGNORE_INDEX).sum())
         if i == 0:
             wrong = int((trainids == 0).sum())
-            ids = np.where(trainids == 0, labels.CITYSCAPES_LABEL_IDS[13], ids)  # road -> car
-        write_png(tmp_path / "pseudo" / "gtFine" / "train" / f"{name}_gtFine_labelIds.png", ids)
+            trainids = np.where(trainids == 0, 13, trainids).astype(np.uint8)  # road -> car
+        write_png(tmp_path / "pseudo" / "labels" / f"{name}.png", trainids)
     assert wrong > 0
     figures = bench["pseudo_labels"].main([str(tmp_path / "pseudo"), "--target-root", str(target), "--model",
                                            str(checkpoint), "--easy-split", "0.5", "--json", str(tmp_path / "f.json")])
@@ -211,3 +213,23 @@ def test_so_collapse_scores_the_three_ways(bench, checkpoint, tmp_path):
     probe.reestimate_batchnorm(model, val, 2)
     after = [m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert not model.training and any(not torch.equal(b, a) for b, a in zip(before, after))
+
+
+def test_selection_ranks_criteria_against_the_miou(bench, tmp_path):
+    """Five evaluations per step where entropy falls as the mIoU rises, flip agreement runs against it and the
+    mIoU peaks before the end: entropy tracks it best and picks the peak."""
+    miou = [10.0, 14.0, 18.0, 17.0, 16.0]
+    for sub in bench["selection"].STEPS.values():
+        lines = [json.dumps({"kind": "train", "iteration": 1, "loss_seg": 1.0})]
+        lines += [json.dumps({"kind": "val", "iteration": 50 * (k + 1), "miou": m, "entropy": 1 - m / 100,
+                              "disagreement": 0.01, "flip": 1 - m / 100}) for k, m in enumerate(miou)]
+        (tmp_path / "run" / sub).mkdir(parents=True)
+        (tmp_path / "run" / sub / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    figures = bench["selection"].main([str(tmp_path / "run"), "--json", str(tmp_path / "s.json")])
+    step = figures["runs"][str(tmp_path / "run")]["CIR+ASS"]
+    assert step["criteria"]["entropy"] == {"rho": pytest.approx(1.0), "picked_miou": 18.0}
+    assert step["criteria"]["flip"]["rho"] == pytest.approx(-1.0)
+    assert step["criteria"]["last"] == {"rho": pytest.approx(0.6), "picked_miou": 16.0}  # 1 - 6 * 8 / 120
+    assert step["criteria"]["disagreement"]["picked_miou"] == 10.0  # constant: the first evaluation is kept
+    assert figures["choice"] == "entropy" and figures["mean_regret"]["entropy"] == 0.0
+    assert json.loads((tmp_path / "s.json").read_text())["choice"] == "entropy"

@@ -125,7 +125,7 @@ def test_every_preset_loads_and_round_trips(tmp_path):
     ("stage3.rounds=0", "stage3.rounds must be an integer >= 1, got 0"),
     ("stage3.iterations=-5", "stage3.iterations must be an integer >= 0, got -5"),
     ("stage3.portion=0", "stage3.portion must be in (0, 1], got 0.0"),
-    ("stage3.portion_max=0.1", "stage3.portion_max must be in [0.2, 1], got 0.1"),
+    ("stage3.portion_max=0.1", "stage3.portion_max must be in [0.5, 1], got 0.1"),
     ("stage3.percentile=0", "stage3.percentile must be in (0, 100], got 0.0"),
     ("stage3.max_threshold=1.5", "stage3.max_threshold must be in (0, 1], got 1.5"),
     ("stage3.easy_split=0", "stage3.easy_split must be in (0, 1], got 0.0"),

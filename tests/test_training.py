@@ -146,8 +146,8 @@ def test_stage3_smoke_and_resume_by_round(toy_args, tmp_path):
     summary = json.loads((pseudo / "summary.json").read_text())
     # The easy split: the 4 of 8 images of lowest mean entropy are labelled, listed, and the fine-tune reads the list.
     assert summary["images"] == 8 and summary["images_labelled"] == 4
-    labelled = sorted(p.relative_to(pseudo / "gtFine" / "train").as_posix()[:-len("_gtFine_labelIds.png")]
-                      for p in pseudo.rglob("*_gtFine_labelIds.png"))
+    labelled = sorted(p.relative_to(pseudo / "labels").with_suffix("").as_posix()
+                      for p in (pseudo / "labels").rglob("*.png"))
     assert len(labelled) == 4 and (pseudo / "images.txt").read_text().split() == labelled
     config = yaml.safe_load((tmp_path / "s3" / "round1" / "config.yaml").read_text())
     assert config["data"]["target_list"] == str(pseudo / "images.txt")

@@ -15,14 +15,16 @@ from pathlib import Path
 
 from cirn.common.errors import CirnError
 from cirn.common.files import atomic_write_text
+from cirn.common.sources import BAD_FRAME_POLICIES  # the runtime's policies, for a video target
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
 # The choices of the config, defined here only: the CLI's click.Choice lists and the model factory read them.
 # (This module imports neither torch nor, at module level, yaml: cirn.cli reads these lists when it starts, and the
 # deploy-only install runs cirn-run from the same module.)
-SOURCES = ("toy", "gta5", "synthia")
-TARGETS = ("toy", "cityscapes")
+SOURCES = ("toy", "gta5", "synthia", "folder")
+TARGETS = ("toy", "cityscapes", "folder", "video")
+SELECTIONS = ("auto", "miou", "last", "entropy", "disagreement", "flip")
 TOY_LOOKS = ("camera", "dusk")
 PROTOCOLS = (19, 16, 13)
 BAD_IMAGE_POLICIES = ("fail", "skip")
@@ -43,13 +45,36 @@ RENAMED_KEYS = {("data", "source_size"): "source_size_wh", ("data", "target_size
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "toy"
-    """Labelled source domain: toy | gta5 | synthia."""
+    """Labelled source domain: toy | gta5 | synthia | folder (your simulator's frames: source_images/ and
+    source_labels/ under source_root, paired by relative path and stem; label_map says what the labels hold)."""
     source_root: str = ""
     """Source dataset root; empty = the built-in toy source (generated into $CIRN_DATA on first use)."""
+    source_images: str = "images"
+    """source=folder: the folder of images under source_root."""
+    source_labels: str = "labels"
+    """source=folder: the folder of label PNGs under source_root."""
+    label_map: str = ""
+    """What the source's label files hold (labelmaps.py): cityscapes | trainids | gta5 | synthia | carla |
+    carla-legacy | palette, or a YAML file (which may define its own class set: the model, the evaluation and the
+    export follow it); empty = the source's own format (gta5 for toy and gta5, synthia for synthia)."""
     target: str = "toy"
-    """Unlabelled target domain: toy | cityscapes."""
+    """Unlabelled target domain: toy | cityscapes | folder (every image under target_root) | video (a video file,
+    or every video in the folder target_root, sampled every frame_stride frames)."""
     target_root: str = ""
-    """Target dataset root (Cityscapes layout); empty = the built-in toy target."""
+    """Target dataset root (Cityscapes layout, a folder of images, a video or a folder of videos); empty = the
+    built-in toy target."""
+    target_val: str = ""
+    """A few labelled frames of the target domain to score and pick checkpoints with: a folder with images/ and
+    labels/ (read with target_val_label_map) or a Cityscapes root (its val_split). Empty with a folder or video
+    target: no target label is read, checkpoints are picked by run.select and the rows report label-free
+    diagnostics instead of mIoU."""
+    target_val_label_map: str = ""
+    """What the target_val labels hold (as label_map); empty = label_map."""
+    frame_stride: int = 10
+    """target=video: every frame_stride-th frame is a training image (decoded once into $CIRN_DATA/frames)."""
+    bad_frames: str = "skip"
+    """target=video: an undecodable frame is left out (skip, warned), ends the video there (stop), or is an error
+    (fail): the runtime's --bad-frames policies."""
     toy_look: str = "camera"
     """Look of the built-in toy target: camera (the original) | dusk (the same scenes and labels painted by a camera
     at dusk, in $CIRN_DATA/toy-dusk): for checking that a recipe tuned on the toy pair is not tuned to one pair. Used
@@ -92,6 +117,10 @@ class DataConfig:
         _check_choice("data.toy_look", self.toy_look, TOY_LOOKS)
         _check_choice("data.protocol", self.protocol, PROTOCOLS)
         _check_choice("data.bad_images", self.bad_images, BAD_IMAGE_POLICIES)
+        _check_choice("data.bad_frames", self.bad_frames, BAD_FRAME_POLICIES)
+        _check_int("data.frame_stride", self.frame_stride, 1)
+        _check_text("data.source_images", self.source_images)
+        _check_text("data.source_labels", self.source_labels)
         for name in ("source_size_wh", "target_size_wh"):
             _set(self, name, _check_pair(f"data.{name}", getattr(self, name), "[width, height] of integers >= 8",
                                          lambda s: _is_int(s) and s >= 8))
@@ -111,7 +140,11 @@ class ModelConfig:
     name: str = "tiny"
     """Segmentation network: deeplabv2-r101 | deeplabv2-r50 | mobilenetv3 | tiny."""
     num_classes: int = 19
-    """Output classes (trainIds 0..num_classes-1)."""
+    """Output classes (trainIds 0..num_classes-1); follows data.label_map when that defines its own class set."""
+    class_names: tuple = ()
+    """The classes' names in trainId order; empty = Cityscapes' 19 (set from data.label_map's own class set)."""
+    class_colors: tuple = ()
+    """[R, G, B] per class, for overlays and legends; with class_names."""
     num_attention: int = 2
     """K, attention modules in the ACM (0 = ACM is a plain second classifier)."""
     pretrained: str = ""
@@ -132,6 +165,10 @@ class ModelConfig:
         _check_int("model.num_classes", self.num_classes, 2, 255)  # trainIds are uint8 and 255 means ignore
         _check_int("model.num_attention", self.num_attention, 0, MAX_ATTENTION)
         _check_int("model.width", self.width, 1)
+        counts = (len(self.class_names), len(self.class_colors))
+        if self.class_names and counts != (self.num_classes, self.num_classes):
+            raise CirnError(f"model.class_names and model.class_colors must list model.num_classes={self.num_classes} "
+                            f"entries each, got {len(self.class_names)} and {len(self.class_colors)}")
 
 
 @dataclass(frozen=True)
@@ -202,9 +239,19 @@ class RunConfig:
     """Mixed precision: auto (bf16 on a CUDA GPU that has it and on a CPU with bf16 instructions, AVX512-BF16 or AMX;
     else none) | none (fp32) | bf16 | fp16 (CUDA only)."""
     tensorboard: bool = True
+    select: str = "auto"
+    """Which evaluation keeps best.pt: miou (target val labels), or without target labels a label-free criterion
+    on target train images: last (the last checkpoint), entropy (lowest mean prediction entropy), disagreement
+    (lowest C/ACM disagreement), flip (highest agreement with the prediction of the mirrored image); auto = miou
+    where target labels exist, else the criterion measured best on the toy pair (README, "Picking checkpoints
+    without target labels")."""
+    select_images: int = 50
+    """Target train images (evenly spaced) that the label-free criteria are computed on at every evaluation."""
 
     def __post_init__(self):
         _check_choice("run.amp", self.amp, AMP_MODES)
+        _check_choice("run.select", self.select, SELECTIONS)
+        _check_int("run.select_images", self.select_images, 1)
         for name in ("iterations", "batch_size", "eval_every", "checkpoint_every", "log_every"):
             _check_int(f"run.{name}", getattr(self, name), 1)
         _check_int("run.seed", self.seed, 0)
@@ -496,15 +543,17 @@ def resolve_run(run_dir, preset="toy", config_file=None, overrides=(), updates=N
     """The config of a training run in `run_dir`: preset <- config file <- `updates` <- overrides. A resumed run
     (resume=True and a saved run_dir/config.yaml) keeps its saved config instead: saved <- `updates` <- config
     file <- overrides, so only what is given explicitly changes. `updates`: a nested dict such as the CLI's options
-    ({"data": {"source_root": ...}, "model": {"pretrained": ...}}); None values count as not given."""
+    ({"data": {"source_root": ...}, "model": {"pretrained": ...}}); None values count as not given. The model's
+    class set follows data.label_map (labelmaps.resolve_classes)."""
     updates = {section: {k: v for k, v in values.items() if v is not None}
                for section, values in (updates or {}).items()}
+    from .labelmaps import resolve_classes
     saved = Path(run_dir) / "config.yaml"
     if resume and saved.exists():
         base = merge(from_dict(read_yaml(saved)), updates)
-        return load_config(None, config_file, overrides, base=base)
+        return resolve_classes(load_config(None, config_file, overrides, base=base))
     cfg = load_config(preset, config_file)
-    return load_config(None, None, overrides, base=merge(cfg, updates))
+    return resolve_classes(load_config(None, None, overrides, base=merge(cfg, updates)))
 
 
 def to_dict(cfg):

@@ -8,7 +8,6 @@ Every item is a dict: image (3, H, W) float, label (H, W) long trainIds with 255
 name (relative, for prediction files) and size_hw (original (H, W)). Models never read configs: the `build_*`
 functions translate a DataConfig into these constructors.
 """
-import abc
 import sys
 from pathlib import Path
 
@@ -17,12 +16,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from . import distributed, labels
+from . import distributed
+from .labelmaps import BUILTIN as LABEL_MAPS, UncoveredTally, source_label_map, trainid_map
 from cirn.common.errors import CirnError
 from cirn.common.files import CITYSCAPES_IMAGE_SUFFIX, IMAGE_SUFFIXES
 from cirn.common.normalization import affine, check as check_normalization
 
-from .io import read_image, read_label
+from .io import read_image
 
 # ---------------------------------------------------------------- normalisation
 def _affine_tensors(mode, like):
@@ -62,14 +62,6 @@ def _resize(array, size_wh, resample):
     return np.asarray(Image.fromarray(array).resize(tuple(size_wh), resample))
 
 
-def _map_ids(lut, ids, path):
-    """Dataset ids -> trainIds through a lookup table; ids beyond the table are a clear error."""
-    if ids.size and int(ids.max()) >= len(lut):
-        raise CirnError(f"label {path} holds id {int(ids.max())}, beyond the {len(lut)} ids of this dataset's "
-                        "format; is it the right kind of label file?")
-    return lut[ids]
-
-
 def _read_list(list_file):
     """Non-empty, non-comment lines of a split list."""
     path = Path(list_file)
@@ -91,8 +83,9 @@ def _check_root(root, layout):
     return root
 
 
-class SegmentationDataset(Dataset, abc.ABC):
-    """Loading, resizing, flipping and normalisation shared by the layouts; subclasses find samples and map labels.
+class SegmentationDataset(Dataset):
+    """Loading, resizing, flipping and normalisation shared by the layouts; subclasses find samples and say what
+    their label files hold (`label_map`, labelmaps.py).
 
     `samples`: list of (name, image_path, label_path or None). `size_wh`: (width, height) output size or None.
     `label_size`: 'image' resizes labels (nearest) to the output image size (training); 'original' keeps them as
@@ -101,11 +94,13 @@ class SegmentationDataset(Dataset, abc.ABC):
     `bad_images`: 'fail' (an unreadable image or label is an error naming it) or 'skip' (warn once, name it in
     `skipped` and use the next sample instead; data.bad_images for the training sets).
     `cache`: keep each sample's decoded, resized image and label in memory after its first read (data.cache_images;
-    every DataLoader worker holds its own copy).
+    every DataLoader worker holds its own copy). `uncovered`: the label values the label map does not cover, met so
+    far (each reported once, then ignored).
     """
 
     bad_images = "fail"
     cache = False
+    label_map = None
 
     def __init__(self, samples, size_wh=None, flip=False, normalization="imagenet", label_size="image",
                  with_labels=True, max_images=0):
@@ -122,13 +117,14 @@ class SegmentationDataset(Dataset, abc.ABC):
         self.with_labels = with_labels
         self.skipped = set()  # names of unreadable samples left out (this process's; workers keep their own)
         self._cached = {}  # index -> (image, label or None, (height, width)) when self.cache
+        self.uncovered = UncoveredTally(self.label_map.name if self.label_map else "")
 
     def __len__(self):
         return len(self.samples)
 
-    @abc.abstractmethod
     def read_trainids(self, path):
-        """(H, W) uint8 trainIds (255 ignore) of one label file; the layout's own id mapping."""
+        """(H, W) uint8 trainIds (255 ignore) of one label file, through the dataset's label map."""
+        return self.label_map.read_trainids(path, self.uncovered)
 
     def _flip_now(self, seed):
         if not self.flip:
@@ -217,12 +213,12 @@ def cityscapes_label_files(root, split):
 
 class CityscapesDataset(SegmentationDataset):
     """Cityscapes-layout images with labelIds mapped to trainIds; with_labels=False for the unlabelled train split."""
+    label_map = LABEL_MAPS["cityscapes"]
 
     def __init__(self, root, split="train", size_wh=None, list_file=None, with_labels=True, flip=False,
-                 normalization="imagenet", label_size="image", max_images=0, label_root=None):
+                 normalization="imagenet", label_size="image", max_images=0):
         image_dir = cityscapes_split_dir(root, "leftImg8bit", split)
-        # label_root: labels from another Cityscapes-layout root (stage 3's pseudo labels), images from `root`.
-        label_dir = Path(label_root or root).expanduser() / "gtFine" / split
+        label_dir = Path(root).expanduser() / "gtFine" / split
         if list_file:
             names = []
             for entry in _read_list(list_file):
@@ -248,9 +244,6 @@ class CityscapesDataset(SegmentationDataset):
         super().__init__(samples, size_wh=size_wh, flip=flip, normalization=normalization, label_size=label_size,
                          with_labels=with_labels, max_images=max_images)
 
-    def read_trainids(self, path):
-        return _map_ids(labels.LABELID_TO_TRAINID, read_label(path), path)
-
 
 # ---------------------------------------------------------------- GTA5 and SYNTHIA (source, intermediate)
 
@@ -266,7 +259,8 @@ class _FlatSourceDataset(SegmentationDataset):
     layout = ""
 
     def __init__(self, root, size_wh=None, list_file=None, with_labels=True, flip=False, normalization="imagenet",
-                 label_root=None, label_size="image", max_images=0):
+                 label_root=None, label_size="image", max_images=0, label_map=None):
+        self.label_map = label_map or self.label_map
         root = _check_root(root, self.layout)
         image_dir = root / self.image_dir
         if not image_dir.is_dir():
@@ -307,9 +301,7 @@ class GTA5Dataset(_FlatSourceDataset):
     image_dir = "images"
     label_dir = "labels"
     layout = "the GTA5 layout images/NNNNN.png and labels/NNNNN.png"
-
-    def read_trainids(self, path):
-        return _map_ids(labels.LABELID_TO_TRAINID, read_label(path), path)  # palette indices are the labelIds
+    label_map = LABEL_MAPS["gta5"]  # palette PNGs whose indices are the labelIds
 
 
 class SynthiaDataset(_FlatSourceDataset):
@@ -317,14 +309,181 @@ class SynthiaDataset(_FlatSourceDataset):
     image_dir = "RGB"
     label_dir = "GT/LABELS"
     layout = "the SYNTHIA layout RGB/NNNNNNN.png and GT/LABELS/NNNNNNN.png"
-
-    def read_trainids(self, path):
-        raw = read_label(path, unchanged=True)  # (H, W, 3) uint16 in RGB order
-        ids = raw[..., 0] if raw.ndim == 3 else raw
-        return _map_ids(labels.SYNTHIA_TO_TRAINID, ids, path)
+    label_map = LABEL_MAPS["synthia"]  # 16-bit, class id in the red channel
 
 
-SOURCE_DATASETS = {"toy": GTA5Dataset, "gta5": GTA5Dataset, "synthia": SynthiaDataset}
+def _relative_names(folder, suffixes):
+    """{name: path} of the files under `folder` (recursive) with one of `suffixes`; name = the relative path
+    without its suffix. Hidden files (an interrupted write's temporaries) are left out."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in suffixes and path.is_file() and not path.name.startswith("."):
+            found.setdefault(path.relative_to(folder).with_suffix("").as_posix(), path)
+    return found
+
+
+class FolderDataset(SegmentationDataset):
+    """Your own labelled source: {root}/{image_dir}/**/NAME.{png,jpg} beside {root}/{label_dir}/**/NAME.png, paired
+    by relative path and stem; `label_map` (labelmaps.py) says what the label files hold. An image without a label,
+    or a label without an image, is an error naming it. `label_root`: labels from this root (an intermediate
+    domain's translated images with the source's labels)."""
+
+    def __init__(self, root, label_map, image_dir="images", label_dir="labels", size_wh=None, list_file=None,
+                 with_labels=True, flip=False, normalization="imagenet", label_root=None, label_size="image",
+                 max_images=0):
+        self.label_map, self.image_dir, self.label_dir = label_map, image_dir, label_dir
+        self.layout = f"a folder with {image_dir}/ (images) and {label_dir}/ (label PNGs of the same names)"
+        root = _check_root(root, self.layout)
+        images_root = root / image_dir
+        labels_root = (Path(label_root).expanduser() if label_root else root) / label_dir
+        if not images_root.is_dir():
+            raise CirnError(f"{images_root} does not exist: the source folder needs {self.layout} (other names: "
+                            "data.source_images, data.source_labels)")
+        if with_labels and not labels_root.is_dir():
+            raise CirnError(f"{labels_root} does not exist: the source folder needs {self.layout} (other names: "
+                            "data.source_images, data.source_labels)")
+        images = _relative_names(images_root, IMAGE_SUFFIXES)
+        if list_file:
+            listed = [str(Path(e).with_suffix("")) if Path(e).suffix.lower() in IMAGE_SUFFIXES else e
+                      for e in _read_list(list_file)]
+            absent = [name for name in listed if name not in images]
+            if absent:
+                raise CirnError(f"list file {list_file} names {absent[0]!r} but {images_root} has no such image")
+            images = {name: images[name] for name in listed}
+        samples = [(name, path, labels_root / f"{name}.png" if with_labels else None) for name, path in images.items()]
+        if with_labels:
+            label_files = _relative_names(labels_root, (".png",))
+            lone_images = [name for name in images if name not in label_files]
+            if lone_images:
+                raise CirnError(f"image {images[lone_images[0]]} has no label: expected "
+                                f"{labels_root / lone_images[0]}.png ({len(lone_images)} of {len(images)} images have "
+                                "none)")
+            lone_labels = [path for name, path in label_files.items() if name not in images]
+            if lone_labels and not list_file and not label_root:
+                raise CirnError(f"label {lone_labels[0]} has no image: expected "
+                                f"{images_root / lone_labels[0].relative_to(labels_root)} (or .jpg); "
+                                f"{len(lone_labels)} labels have none")
+        if not samples:
+            raise CirnError(f"{root} holds no image/label pairs: expected {self.layout}")
+        super().__init__(samples, size_wh=size_wh, flip=flip, normalization=normalization, label_size=label_size,
+                         with_labels=with_labels, max_images=max_images)
+
+
+SOURCE_DATASETS = {"toy": GTA5Dataset, "gta5": GTA5Dataset, "synthia": SynthiaDataset, "folder": FolderDataset}
+
+
+# ---------------------------------------------------------------- your own footage (target)
+class ImageFolderDataset(SegmentationDataset):
+    """Every image under `root` (recursive, sorted; a list of roots: each in turn), unlabelled: a folder target, or
+    the decoded frames of a video target. Names are relative paths without the suffix."""
+
+    def __init__(self, root, size_wh=None, list_file=None, flip=False, normalization="imagenet", max_images=0):
+        images = {}
+        for folder in root if isinstance(root, (list, tuple)) else [root]:
+            folder = _check_root(folder, "images (.png, .jpg) in it or its sub-folders")
+            found = _relative_names(folder, IMAGE_SUFFIXES)
+            if not found:
+                raise CirnError(f"the target folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): give a "
+                                "folder of your camera's frames, or --target video with a video file")
+            clash = sorted(set(found) & set(images))
+            if clash:
+                raise CirnError(f"{found[clash[0]]} and {images[clash[0]]} share the name {clash[0]!r}: rename one "
+                                "(outputs and pseudo labels are named after it)")
+            images.update(found)
+        if list_file:
+            listed = _read_list(list_file)
+            absent = [name for name in listed if name not in images]
+            if absent:
+                raise CirnError(f"list file {list_file} names {absent[0]!r} but the target has no such image")
+            images = {name: images[name] for name in listed}
+        super().__init__([(name, path, None) for name, path in images.items()], size_wh=size_wh, flip=flip,
+                         normalization=normalization, with_labels=False, max_images=max_images)
+
+
+PSEUDO_LABELS = "labels"  # stage 3 writes {pseudo_root}/labels/NAME.png
+
+
+class PseudoLabelDataset(SegmentationDataset):
+    """The images of an unlabelled target set with stage 3's pseudo labels, {pseudo_root}/labels/NAME.png holding
+    trainIds of `class_names` (255 ignore); whatever the target's layout."""
+
+    def __init__(self, target, pseudo_root, class_names):
+        self.label_map = trainid_map(class_names)
+        labels_dir = Path(pseudo_root) / PSEUDO_LABELS
+        samples = [(name, image, labels_dir / f"{name}.png") for name, image, _ in target.samples]
+        missing = [label for _, _, label in samples if not label.is_file()]
+        if missing:
+            raise CirnError(f"no pseudo label {missing[0]} ({len(missing)} of {len(samples)} images have none): "
+                            f"{pseudo_root} is not stage 3's pseudo labels of this target")
+        super().__init__(samples, size_wh=target.size_wh, flip=target.flip, normalization=target.normalization)
+
+
+# ---------------------------------------------------------------- a video target, decoded once
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+FRAMES_MANIFEST = "frames.json"
+
+
+def video_files(spec):
+    """The videos of a --target video root: the file itself, or every video in a folder (sorted, recursive)."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise CirnError(f"the target video {path} does not exist: give a video file or a folder of videos")
+    found = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+    if not found:
+        raise CirnError(f"the target folder {path} holds no videos ({', '.join(VIDEO_SUFFIXES)}): give a video file, "
+                        "a folder of videos, or --target folder for a folder of images")
+    return found
+
+
+def frames_cache_dir(video, stride, bad_frames):
+    """Where a video's sampled frames are decoded to: $CIRN_DATA/frames/{stem}-{digest of the file and options}."""
+    import hashlib
+    import os
+    stat = video.stat()
+    key = f"{video.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stride}|{bad_frames}"
+    base = Path(os.environ.get("CIRN_DATA") or "~/.cache/cirn").expanduser()
+    return base / "frames" / f"{video.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def decode_video_frames(spec, stride, bad_frames, quiet=False):
+    """Decode every `stride`-th frame of the target video(s) once into PNGs, {cache}/{stem}/{stem}_000000_{index}.png
+    (the names cirn-run gives a video's frames), and return the cache folders, one per video. A finished folder
+    (frames.json, written last) is reused. Undecodable frames follow `bad_frames` (the runtime's policies)."""
+    from cirn.common.sources import VideoSource
+    from .io import write_png
+    folders = []
+    for video in video_files(spec):
+        cache = frames_cache_dir(video, stride, bad_frames)
+        manifest = cache / FRAMES_MANIFEST
+        if manifest.is_file():
+            folders.append(cache)
+            continue
+        source = VideoSource(video, stride=stride, bad_frames=bad_frames)  # a file that is no video: CirnError
+        count = 0
+        try:
+            for frame in source:
+                write_png(cache / video.stem / f"{frame.name}.png", frame.image)
+                count += 1
+        finally:
+            source.close()
+        if not count:
+            raise CirnError(f"no frame of {video} could be decoded (data.bad_frames={bad_frames})")
+        for what, items in (("undecodable frames were left out", source.skipped),
+                            ("decoding stopped early", [source.decode_error] if source.decode_error else [])):
+            if items:
+                print(f"warning: {video}: {what} (data.bad_frames={bad_frames}): {', '.join(map(str, items[:5]))}"
+                      f"{' ...' if len(items) > 5 else ''}", file=sys.stderr, flush=True)
+        from .io import atomic_write_text
+        import json
+        atomic_write_text(manifest, json.dumps({"video": str(video.resolve()), "stride": stride, "frames": count,
+                                                "bad_frames": bad_frames, "skipped": source.skipped,
+                                                "decode_error": source.decode_error}, indent=2))
+        if not quiet:
+            print(f"{video}: {count} frames (every {stride}th) decoded once into {cache}", file=sys.stderr)
+        folders.append(cache)
+    return folders
 
 
 # ---------------------------------------------------------------- DataConfig -> datasets
@@ -338,27 +497,42 @@ def _source_root(cfg_data):
     return ensure_toy(look=cfg_data.toy_look).gta5  # the toy source uses the GTA5 layout
 
 
+TARGET_ROOTS = {"cityscapes": "/path/to/cityscapes", "folder": "/path/to/your/frames",
+                "video": "/path/to/drive.mp4 (or a folder of videos)"}
+
+
 def _target_root(cfg_data):
     if cfg_data.target_root:
         return cfg_data.target_root
     if cfg_data.target != "toy":
         raise CirnError(f"data.target is {cfg_data.target!r} but no target root is set: pass --target-root "
-                        "(or data.target_root=/path/to/cityscapes)")
+                        f"(or data.target_root={TARGET_ROOTS[cfg_data.target]})")
     from .toy import ensure_toy
     return ensure_toy(look=cfg_data.toy_look).cityscapes
 
 
+def has_target_labels(cfg_data):
+    """Whether the run may score on labelled target images: the toy's or Cityscapes' val split, or --target-val.
+    Without them (your own footage) no step reads a target label, and checkpoints are picked label-free."""
+    return bool(cfg_data.target_val) or cfg_data.target in ("toy", "cityscapes")
+
+
 def build_source_dataset(cfg_data, normalization="imagenet", intermediate=True, with_labels=True, flip=None):
-    """Labelled source training set: GTA5/SYNTHIA/toy, or the intermediate domain when data.intermediate_root is set
-    (and `intermediate`): its images with the source labels. intermediate=False gives the raw source (stage 1)."""
+    """Labelled source training set: GTA5/SYNTHIA/toy/your folder, or the intermediate domain when
+    data.intermediate_root is set (and `intermediate`): its images with the source labels. intermediate=False gives
+    the raw source (stage 1)."""
     cls = SOURCE_DATASETS[cfg_data.source]
     source_root = _source_root(cfg_data)
     root, label_root = source_root, None
     if intermediate and cfg_data.intermediate_root:
         root, label_root = cfg_data.intermediate_root, source_root
-    dataset = cls(root, size_wh=cfg_data.source_size_wh, list_file=cfg_data.source_list or None,
-                  with_labels=with_labels, flip=cfg_data.flip if flip is None else flip, normalization=normalization,
-                  label_root=label_root)
+    options = dict(size_wh=cfg_data.source_size_wh, list_file=cfg_data.source_list or None, with_labels=with_labels,
+                   flip=cfg_data.flip if flip is None else flip, normalization=normalization, label_root=label_root,
+                   label_map=source_label_map(cfg_data))
+    if cls is FolderDataset:
+        dataset = FolderDataset(root, image_dir=cfg_data.source_images, label_dir=cfg_data.source_labels, **options)
+    else:
+        dataset = cls(root, **options)
     dataset.cache = cfg_data.cache_images
     return dataset
 
@@ -395,18 +569,34 @@ class RandomCrop(Dataset):
         return item
 
 
-def build_target_dataset(cfg_data, normalization="imagenet", with_labels=False, split="train", flip=None):
-    """Target training set (Cityscapes layout, train split): unlabelled for adaptation, labelled for the oracle."""
-    dataset = CityscapesDataset(_target_root(cfg_data), split=split, size_wh=cfg_data.target_size_wh,
-                                list_file=cfg_data.target_list or None, with_labels=with_labels,
-                                flip=cfg_data.flip if flip is None else flip, normalization=normalization)
+def build_target_dataset(cfg_data, normalization="imagenet", with_labels=False, split="train", flip=None,
+                         quiet=False):
+    """Target training set: Cityscapes layout (train split; labelled only for the oracle), every image of a folder,
+    or the sampled frames of a video (data.frame_stride; decoded once, decode_video_frames)."""
+    flip = cfg_data.flip if flip is None else flip
+    if cfg_data.target in ("folder", "video"):
+        if with_labels:
+            raise CirnError(f"--target {cfg_data.target} has no labels to train on (the oracle needs the toy or "
+                            "Cityscapes target)")
+        root = _target_root(cfg_data)
+        if cfg_data.target == "video":
+            root = decode_video_frames(root, cfg_data.frame_stride, cfg_data.bad_frames, quiet=quiet)
+        elif Path(root).expanduser().is_file():
+            raise CirnError(f"--target folder needs a folder of images, but {root} is a file: for a video use "
+                            "--target video")
+        dataset = ImageFolderDataset(root, size_wh=cfg_data.target_size_wh, list_file=cfg_data.target_list or None,
+                                     flip=flip, normalization=normalization)
+    else:
+        dataset = CityscapesDataset(_target_root(cfg_data), split=split, size_wh=cfg_data.target_size_wh,
+                                    list_file=cfg_data.target_list or None, with_labels=with_labels, flip=flip,
+                                    normalization=normalization)
     dataset.cache = cfg_data.cache_images
     return dataset
 
 
-def build_train_dataset(cfg_data, domain, normalization="imagenet", with_labels=True):
-    """'source' (intermediate domain when set) or 'target' training set; the target is labelled only if asked.
-    Unreadable samples follow data.bad_images."""
+def build_train_dataset(cfg_data, domain, normalization="imagenet", with_labels=True, class_names=None):
+    """'source' (intermediate domain when set), 'target' (labelled only if asked) or 'pseudo' (the target with
+    stage 3's pseudo labels of `class_names`) training set. Unreadable samples follow data.bad_images."""
     if domain == "source":
         dataset = build_source_dataset(cfg_data, normalization, with_labels=with_labels)
     elif domain == "target":
@@ -414,9 +604,8 @@ def build_train_dataset(cfg_data, domain, normalization="imagenet", with_labels=
     elif domain == "pseudo":
         if not cfg_data.pseudo_root:
             raise CirnError("training on pseudo labels needs data.pseudo_root (written by cirn-train stage3)")
-        dataset = CityscapesDataset(_target_root(cfg_data), "train", size_wh=cfg_data.target_size_wh,
-                                    list_file=cfg_data.target_list or None, flip=cfg_data.flip,
-                                    normalization=normalization, label_root=cfg_data.pseudo_root)
+        dataset = PseudoLabelDataset(build_target_dataset(cfg_data, normalization, quiet=True), cfg_data.pseudo_root,
+                                     class_names)
         dataset.cache = cfg_data.cache_images
     else:
         raise CirnError(f"unknown training domain {domain!r}: expected 'source', 'target' or 'pseudo'")
@@ -424,11 +613,32 @@ def build_train_dataset(cfg_data, domain, normalization="imagenet", with_labels=
     return RandomCrop(dataset, cfg_data.crop_size_wh) if cfg_data.crop_size_wh else dataset
 
 
-def build_val_dataset(cfg_data, normalization="imagenet"):
-    """Target val split: images resized to data.target_size_wh, labels kept at full resolution for the metric."""
-    dataset = CityscapesDataset(_target_root(cfg_data), split=cfg_data.val_split, size_wh=cfg_data.target_size_wh,
-                                with_labels=True, flip=False, normalization=normalization, label_size="original",
-                                max_images=cfg_data.max_val_images)
+def build_val_dataset(cfg_data, normalization="imagenet", class_names=()):
+    """Labelled target images to score on, labels kept at full resolution for the metric (images resized to
+    data.target_size_wh): --target-val (a folder with images/ and labels/ read with data.target_val_label_map, or a
+    Cityscapes root's val split), else the toy's or Cityscapes' val split; None when the target has no labels.
+    `class_names`: the model's own class set (model.class_names; empty = Cityscapes'), which the labels must hold."""
+    options = dict(size_wh=cfg_data.target_size_wh, flip=False, normalization=normalization, label_size="original",
+                   max_images=cfg_data.max_val_images)
+    root = cfg_data.target_val
+    if root:
+        if (Path(root).expanduser() / "gtFine").is_dir():
+            dataset = CityscapesDataset(root, split=cfg_data.val_split, with_labels=True, **options)
+        else:
+            from .labelmaps import load_label_map
+            label_map = load_label_map(cfg_data.target_val_label_map) if cfg_data.target_val_label_map else \
+                source_label_map(cfg_data)
+            dataset = FolderDataset(root, label_map, **options)
+    elif not has_target_labels(cfg_data):
+        return None
+    else:
+        dataset = CityscapesDataset(_target_root(cfg_data), split=cfg_data.val_split, with_labels=True, **options)
+    theirs = tuple(dataset.label_map.class_names) if dataset.label_map.own_classes else None
+    if theirs != (tuple(class_names) if class_names else None):
+        raise CirnError(f"the target val labels ({dataset.label_map.name}) are of the classes "
+                        f"{', '.join(theirs or ('of Cityscapes',))}, the model's are "
+                        f"{', '.join(class_names or ('Cityscapes',))}: give --target-val labels of the model's classes "
+                        "(data.target_val_label_map)")
     dataset.cache = cfg_data.cache_images
     return dataset
 

@@ -209,37 +209,77 @@ def check_finite(losses, iteration, run_dir, every=1):
 
 # ---------------------------------------------------------------- evaluation and the loop
 class BestKeeper:
-    """Evaluate on target val periodically; keep the best model as a self-describing `best.pt`."""
+    """Evaluate periodically; keep the best model as a self-describing `best.pt`.
 
-    def __init__(self, run_dir, cfg, val_set, device):
+    With labelled target images (`val_set`) the score is their mIoU. Label-free criteria (selection.py) are computed
+    on `select_set` (unlabelled target train images) at every evaluation as well, and logged; without `val_set` one
+    of them picks best.pt (run.select), and no target label is read anywhere.
+    """
+
+    def __init__(self, run_dir, cfg, val_set, device, select_set=None):
+        from .labelmaps import class_set
+        from .selection import LABEL_FREE_DEFAULT, selection_subset
         self.run_dir, self.cfg, self.val_set, self.device = Path(run_dir), cfg, val_set, device
-        self.best = {"miou": -1.0, "iteration": 0}
+        self.select = cfg.run.select if cfg.run.select != "auto" else (
+            "miou" if val_set is not None else LABEL_FREE_DEFAULT)
+        if self.select == "miou" and val_set is None:
+            raise CirnError("run.select=miou needs labelled target images, and this target has none: give a few "
+                            "labelled frames with --target-val DIR, or pick label-free (run.select=auto)")
+        self.select_set = select_set
+        self.select_indices = selection_subset(select_set, cfg.run.select_images) if select_set is not None else []
+        self.class_names = class_set(cfg.model)[0]
+        self.best = {"miou": None if val_set is None else -1.0, "iteration": 0, "score": -math.inf,
+                     "select": self.select}
         self.history = []
 
     def evaluate(self, model, iteration, logger=None):
         from .evaluate import evaluate_model
+        from .selection import criterion_value, label_free_scores
         was_training = model.training
         model.eval()
-        result = evaluate_model(model.fused, self.val_set, num_classes=self.cfg.model.num_classes,
-                                protocol=self.cfg.data.protocol, device=self.device)
+        record, result = {"iteration": iteration}, None
+        if self.val_set is not None:
+            result = evaluate_model(model.fused, self.val_set, num_classes=self.cfg.model.num_classes,
+                                    protocol=self.cfg.data.protocol, device=self.device, class_names=self.class_names)
+            record["miou"] = result["miou"]
+        if self.select_indices:
+            record.update(label_free_scores(model, self.select_set, self.select_indices, self.device))
         model.train(was_training)
-        miou = result["miou"]
-        self.history.append({"iteration": iteration, "miou": miou})
+        score = record["miou"] if self.select == "miou" else criterion_value(self.select, record, iteration)
+        self.history.append(record)
         if logger is not None:
-            logger.log(iteration, {"miou": miou}, kind="val")
-            logger.message(f"iteration {iteration}: target {self.cfg.data.val_split} mIoU {miou:.2f} "
-                           f"(best {max(miou, self.best['miou']):.2f})")
-        if miou > self.best["miou"]:
-            self.best = {"miou": miou, "iteration": iteration, "per_class": result["per_class"]}
-            save_model(self.run_dir / "best.pt", model, self.cfg, iteration=iteration, miou=miou,
-                       per_class=result["per_class"])
-        return result
+            logger.log(iteration, {k: v for k, v in record.items() if k != "iteration"}, kind="val")
+            if result is not None:
+                best = max(result["miou"], self.best["miou"])
+                logger.message(f"iteration {iteration}: target {self.cfg.data.val_split} mIoU {result['miou']:.2f} "
+                               f"(best {best:.2f})")
+            else:
+                logger.message(f"iteration {iteration}: no target labels; " + ", ".join(
+                    f"{k} {v:.4f}" for k, v in record.items() if k != "iteration") + f" (picking by {self.select})")
+        if score > self.best["score"]:
+            self.best = {"miou": record.get("miou"), "iteration": iteration, "score": score, "select": self.select,
+                         "per_class": result["per_class"] if result else None,
+                         "label_free": {k: record[k] for k in ("entropy", "disagreement", "flip") if k in record}}
+            save_model(self.run_dir / "best.pt", model, self.cfg, iteration=iteration, miou=record.get("miou"),
+                       per_class=self.best["per_class"], select=self.select, label_free=self.best["label_free"])
+        return record
 
     def state_dict(self):
         return {"best": self.best, "history": self.history}
 
     def load_state_dict(self, state):
         self.best, self.history = state["best"], state["history"]
+        self.best.setdefault("score", self.best["miou"])  # a run from before label-free selection
+        self.best.setdefault("select", "miou")
+
+
+def make_keeper(run_dir, cfg, model, device):
+    """The BestKeeper of a segmentation step: the target's labelled images when it has any (build_val_dataset),
+    and unlabelled target train images for the label-free criteria."""
+    from .datasets import build_target_dataset, build_val_dataset
+    val_set = build_val_dataset(cfg.data, model.normalization, class_names=cfg.model.class_names)
+    select_set = build_target_dataset(cfg.data, model.normalization, flip=False, quiet=True)
+    return BestKeeper(run_dir, cfg, val_set, device, select_set)
 
 
 def train_loop(cfg, run_dir, modules, extras, step_fn, next_batch, keeper, resume, desc, quiet=False):
@@ -286,10 +326,23 @@ def train_loop(cfg, run_dir, modules, extras, step_fn, next_batch, keeper, resum
     finally:
         logger.close()
     summary = {"run_dir": str(run_dir), "iterations": run.iterations, "best_miou": keeper.best["miou"],
-               "best_iteration": keeper.best["iteration"], "history": keeper.history,
+               "best_iteration": keeper.best["iteration"], "select": keeper.best.get("select", "miou"),
+               "label_free": keeper.best.get("label_free"), "history": keeper.history,
+               "uncovered_labels": _uncovered(extras),
                "skipped_images": sorted(set().union(*(getattr(getattr(e, "dataset", None), "skipped", ())
                                                       for e in extras.values())))}
     return write_summary(Path(run_dir) / "summary.json", summary)
+
+
+def _uncovered(extras):
+    """{label value: % of the pixels read} that the source label map does not cover, over the run's loaders."""
+    shares = {}
+    for extra in extras.values():
+        dataset = getattr(getattr(extra, "dataset", None), "dataset", getattr(extra, "dataset", None))
+        tally = getattr(dataset, "uncovered", None)
+        if tally is not None:
+            shares.update(tally.summary())
+    return shares
 
 
 def write_summary(path, summary):

@@ -23,6 +23,7 @@ from . import labels
 from .datasets import CITYSCAPES_IMAGE_SUFFIX, CITYSCAPES_LABEL_SUFFIX, cityscapes_label_files
 from cirn.common.errors import CirnError
 from .io import atomic_write_text, json_ready, read_label
+from .labelmaps import default_class_names
 from .models import upsample
 
 IGNORE = labels.IGNORE_INDEX
@@ -87,14 +88,10 @@ def _to_index(ids, num_classes, what):
     return torch.where(ids == IGNORE, num_classes, ids)
 
 
-def class_names(num_classes):
-    return labels.CLASS_NAMES if num_classes == labels.NUM_CLASSES else tuple(f"class {i}" for i in
-                                                                              range(num_classes))
-
-
-def make_result(confusion, protocol, num_images):
-    """Scores in percent: mIoU over the protocol, per-class IoU of the protocol's classes (NaN where absent)."""
-    names = class_names(confusion.num_classes)
+def make_result(confusion, protocol, num_images, class_names=None):
+    """Scores in percent: mIoU over the protocol, per-class IoU of the protocol's classes (NaN where absent);
+    class_names default: Cityscapes' 19, or 'class i'."""
+    names = class_names or default_class_names(confusion.num_classes)
     classes = protocol_classes(protocol, confusion.num_classes)
     ious = confusion.iou()
     return {"protocol": protocol, "miou": 100.0 * confusion.miou(protocol),
@@ -187,7 +184,8 @@ def evaluate_folder(pred_dir, target_root=None, split="val", protocol=19, pred_f
 
 # ---------------------------------------------------------------- a model on a dataset
 @torch.inference_mode()
-def evaluate_model(model_fn, dataset, num_classes=labels.NUM_CLASSES, protocol=19, device="cpu", num_workers=0):
+def evaluate_model(model_fn, dataset, num_classes=labels.NUM_CLASSES, protocol=19, device="cpu", num_workers=0,
+                   class_names=None):
     """Score `model_fn(images (B, 3, h, w)) -> logits (B, C, h', w')` on a labelled dataset; returns the result dict.
 
     Logits are upsampled bilinearly to each label's size before the argmax: build the dataset with
@@ -207,7 +205,7 @@ def evaluate_model(model_fn, dataset, num_classes=labels.NUM_CLASSES, protocol=1
             raise CirnError(f"the model outputs {logits.shape[1]} classes but num_classes is {num_classes}")
         logits = upsample(logits, label.shape[-2:])
         confusion.update(logits.argmax(dim=1), label)
-    return make_result(confusion, protocol, len(dataset))
+    return make_result(confusion, protocol, len(dataset), class_names)
 
 
 # ---------------------------------------------------------------- reporting

@@ -13,11 +13,11 @@ network that has yet to learn features, and on the toy its gain over CIR did not
 """
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
-from . import labels as L
 from . import distributed, stage1, stage2, stage3, supervised
 from .checkpoint import has_checkpoint
 from .io import atomic_write_text
@@ -104,32 +104,48 @@ def run(cfg, out, quiet=False):
     ablation = build_ablation(best, cfg)
     atomic_write_text(out / "ablation.json", json.dumps(ablation, indent=2))
     _say(format_ablation(ablation))
-    plot_ablation(ablation, out / "ablation.png")
+    written = [out / "ablation.json"]
+    if ablation["labelled"]:
+        plot_ablation(ablation, out / "ablation.png")
+        written.append(out / "ablation.png")
     plot_examples(best, cfg, intermediate, out / "examples.png")
-    _say(f"[all-stages] wrote {out / 'ablation.json'}, {out / 'ablation.png'}, {out / 'examples.png'}")
+    _say(f"[all-stages] wrote {', '.join(map(str, written + [out / 'examples.png']))}")
     return ablation
 
 
 def build_ablation(best_paths, cfg):
-    """Rows of Table 4 from each step's best checkpoint: mIoU, per-class IoU and the iteration it came from."""
+    """Rows of Table 4 from each step's best checkpoint: mIoU and per-class IoU (None without target labels), the
+    label-free diagnostics, how the checkpoint was picked and the iteration it came from."""
     from .checkpoint import load_checkpoint
+    from .datasets import has_target_labels
     rows = {}
     for row, path in best_paths.items():
         state = load_checkpoint(path)
         rows[row] = {"miou": state["miou"], "iteration": state["iteration"], "per_class": state["per_class"],
+                     "select": state.get("select", "miou"), "label_free": state.get("label_free"),
                      "checkpoint": str(path)}
     return {"protocol": cfg.data.protocol, "source": cfg.data.source, "target": cfg.data.target,
-            "model": cfg.model.name, "num_attention": cfg.model.num_attention, "seed": cfg.run.seed,
-            "cir": cfg.stage1.cir, "rows": rows}
+            "labelled": has_target_labels(cfg.data), "model": cfg.model.name,
+            "num_attention": cfg.model.num_attention, "seed": cfg.run.seed, "cir": cfg.stage1.cir, "rows": rows}
 
 
 def format_ablation(ablation):
     rows = ablation["rows"]
+    title = (f"Table 4 ({ablation['source']} -> {ablation['target']}, {ablation['protocol']} classes, "
+             f"{ablation['model']}, K={ablation['num_attention']}, seed {ablation['seed']})")
+    if not ablation.get("labelled", True):
+        lines = [title, "no target labels (give a few labelled frames with --target-val to score the rows): "
+                        "label-free diagnostics of each row's checkpoint, picked by "
+                        f"{next(iter(rows.values()))['select']}",
+                 f"{'row':<11}{'iteration':>10}{'entropy':>9}{'C/ACM disagreement':>20}{'flip agreement':>16}"]
+        for row, r in rows.items():
+            d = r["label_free"] or {}
+            lines.append(f"{row:<11}{r['iteration']:>10}{d.get('entropy', math.nan):>9.4f}"
+                         f"{d.get('disagreement', math.nan):>20.5f}{d.get('flip', math.nan):>16.4f}")
+        return "\n".join(lines)
     classes = list(next(iter(rows.values()))["per_class"])
     short = [c[:5] for c in classes]
-    lines = [f"Table 4 ({ablation['source']} -> {ablation['target']}, {ablation['protocol']} classes, "
-             f"{ablation['model']}, K={ablation['num_attention']}, seed {ablation['seed']})",
-             f"{'row':<11}{'mIoU':>6} " + " ".join(f"{s:>5}" for s in short)]
+    lines = [title, f"{'row':<11}{'mIoU':>6} " + " ".join(f"{s:>5}" for s in short)]
     for row, r in rows.items():
         ious = " ".join(f"{v:5.1f}" if v is not None else "    -" for v in r["per_class"].values())
         lines.append(f"{row:<11}{r['miou']:6.1f} {ious}")
@@ -161,36 +177,48 @@ def plot_ablation(ablation, path):
 
 
 def plot_examples(best_paths, cfg, intermediate, path, count=3):
-    """Grid: source, translated source, target image, the prediction of each row, ground truth."""
+    """Grid: source, translated source, target image, the prediction of each row, ground truth (where the target
+    has labels)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torch
 
-    from .datasets import GTA5Dataset, SynthiaDataset, build_source_dataset, build_val_dataset, denormalize
     from .checkpoint import load_model
+    from .datasets import build_source_dataset, build_target_dataset, build_val_dataset, denormalize
+    from .labelmaps import class_set
     from .models import upsample
 
     source = build_source_dataset(cfg.data, "imagenet", intermediate=False, flip=False)
-    layout = SynthiaDataset if cfg.data.source == "synthia" else GTA5Dataset
-    translated = layout(intermediate, size_wh=cfg.data.source_size_wh, normalization="imagenet")
+    translated = build_source_dataset(dataclasses.replace(cfg.data, intermediate_root=str(intermediate)), "imagenet",
+                                      flip=False)
     models = {row: load_model(p)[0] for row, p in best_paths.items()}
-    norms = {m.normalization for m in models.values()}
-    val = {n: build_val_dataset(cfg.data, n) for n in norms}
-    columns = ["source", "translated", "target", *best_paths, "ground truth"]
+    labelled = build_val_dataset(cfg.data, "imagenet") is not None
+
+    def target_set(normalization):
+        if labelled:
+            return build_val_dataset(cfg.data, normalization)
+        return build_target_dataset(cfg.data, normalization, flip=False, quiet=True)
+
+    target = {n: target_set(n) for n in {m.normalization for m in models.values()} | {"imagenet"}}
+    _, palette = class_set(cfg.model)
+    colours = np.zeros((256, 3), np.uint8)
+    colours[:len(palette)] = palette
+    columns = ["source", "translated", "target", *best_paths] + (["ground truth"] if labelled else [])
     fig, axes = plt.subplots(count, len(columns), figsize=(1.9 * len(columns), 1.2 * count + 0.4), dpi=110,
                              squeeze=False)
     for i in range(count):
-        s, t = i % len(source), (i * 7) % len(next(iter(val.values())))
-        target = next(iter(val.values()))[t]
+        s, t = i % len(source), (i * 7) % len(target["imagenet"])
+        item = target["imagenet"][t]
         panels = [denormalize(source[s]["image"], "imagenet"), denormalize(translated[s]["image"], "imagenet"),
-                  denormalize(target["image"], "imagenet")]
+                  denormalize(item["image"], "imagenet")]
+        size = item["label"].shape if labelled else item["image"].shape[-2:]
         for model in models.values():
-            item = val[model.normalization][t]
             with torch.no_grad():
-                logits = upsample(model.fused(item["image"][None]), item["label"].shape)
-            panels.append(L.colorize(logits.argmax(1)[0].numpy().astype(np.uint8)))
-        panels.append(L.colorize(target["label"].numpy().astype(np.uint8)))
+                logits = upsample(model.fused(target[model.normalization][t]["image"][None]), size)
+            panels.append(colours[logits.argmax(1)[0].numpy().astype(np.uint8)])
+        if labelled:
+            panels.append(colours[item["label"].numpy().astype(np.uint8)])
         for ax, panel, title in zip(axes[i], panels, columns):
             ax.imshow(panel)
             ax.set_axis_off()

@@ -6,10 +6,10 @@ C and the ACM disagree, and a weight-discrepancy loss that keeps the two classif
 import torch
 import torch.nn.functional as F
 
-from .datasets import build_train_dataset, build_val_dataset, infinite_loader
+from .datasets import build_train_dataset, infinite_loader
 from .distributed import average_gradients, global_count
-from .engine import (BestKeeper, autocast, grad_scaler, on_device, poly_lr, prepare_run_dir, resolve_device,
-                     seed_everything, seg_optimizer, set_lr, train_loop)
+from .engine import (autocast, grad_scaler, on_device, poly_lr, prepare_run_dir, resolve_device,
+                     seed_everything, seg_optimizer, set_lr, train_loop, make_keeper)
 from .losses import adversarial_loss, disagreement_map, discriminator_loss, seg_loss, valid_pixels, weight_discrepancy
 from .models import build_discriminator, build_model, upsample
 
@@ -85,7 +85,7 @@ def run(cfg, run_dir, resume=False, quiet=False):
                                   pin_memory=pin)
     batches_trg = infinite_loader(unlabelled, cfg.run.batch_size, seed=cfg.run.seed + 1,
                                   num_workers=cfg.data.num_workers, pin_memory=pin)
-    keeper = BestKeeper(run_dir, cfg, build_val_dataset(cfg.data, model.normalization), device)
+    keeper = make_keeper(run_dir, cfg, model, device)
     amp_ctx, scaler = autocast(device, cfg.run.amp), grad_scaler(device, cfg.run.amp)
 
     def step(batches, i):

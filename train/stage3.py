@@ -4,8 +4,8 @@ Thresholds come from per-class histograms of the prediction confidence over the 
 memory stays flat on the full Cityscapes train set: one pass collects the histograms, a second writes the labels.
 With stage3.easy_split < 1 a first pass ranks the images by the mean entropy of their prediction (IntraDA) and only
 the easiest share is pseudo-labelled and trained on (listed in images.txt).
-Pseudo labels are written as Cityscapes labelId PNGs (ignored pixels -> 0, "unlabeled"), so the ordinary Cityscapes
-loader reads them back with the images of the target root.
+Pseudo labels are written as trainId PNGs, {out}/labels/NAME.png (255 = ignored), NAME the target image's name
+(datasets.PseudoLabelDataset pairs them with the images again, whatever the target's layout).
 """
 import dataclasses
 import json
@@ -18,11 +18,12 @@ import torch.nn.functional as F
 
 from . import labels as L
 from . import distributed, supervised
-from .datasets import build_target_dataset
+from .datasets import PSEUDO_LABELS, build_target_dataset
 from .checkpoint import has_checkpoint, load_model
 from .engine import resolve_device, write_summary
 from cirn.common.errors import CirnError
 from .io import atomic_write_text, write_png
+from .labelmaps import class_set
 from .models import upsample
 
 BINS = 1000
@@ -107,7 +108,7 @@ def generate(model_path, cfg, out_dir, portion, device=None, quiet=False):
         return json.loads(summary_path.read_text())
     device = device or resolve_device(cfg.run.device)
     model, _ = load_model(model_path, device)
-    dataset = build_target_dataset(cfg.data, model.normalization, with_labels=False, flip=False)
+    dataset = build_target_dataset(cfg.data, model.normalization, with_labels=False, flip=False, quiet=True)
     s3 = cfg.stage3
     num_classes = cfg.model.num_classes
 
@@ -129,10 +130,10 @@ def generate(model_path, cfg, out_dir, portion, device=None, quiet=False):
         trainids = pseudo_labels(probs, thresholds, s3.policy)
         kept += np.bincount(trainids[trainids != L.IGNORE_INDEX], minlength=num_classes)[:num_classes]
         total += trainids.size
-        write_png(out_dir / "gtFine" / "train" / f"{name}_gtFine_labelIds.png", L.TRAINID_TO_LABELID[trainids])
+        write_png(out_dir / PSEUDO_LABELS / f"{name}.png", trainids)
     if kept_names is not None:  # the fine-tune's list of images (Cityscapes names, as a target_list)
         atomic_write_text(out_dir / IMAGE_LIST, "".join(f"{name}\n" for name in sorted(kept_names)))
-    names = L.CLASS_NAMES[:num_classes]
+    names = class_set(cfg.model)[0]
     summary = {
         "model": str(model_path), "policy": s3.policy, "portion": portion, "images": len(dataset),
         "easy_split": s3.easy_split, "images_labelled": len(kept_names) if kept_names is not None else len(dataset),

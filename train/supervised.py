@@ -3,10 +3,11 @@ domain, when data.intermediate_root is set) and stage 3's fine-tuning on pseudo 
 intermediate domain alongside, as CBST). One loop: segmentation CE on the fused C + ACM logits."""
 
 from .distributed import average_gradients, global_count
-from .datasets import build_train_dataset, build_val_dataset, infinite_loader
+from .datasets import build_train_dataset, infinite_loader
 from .checkpoint import init_from_checkpoint
-from .engine import (BestKeeper, autocast, grad_scaler, on_device, poly_lr, prepare_run_dir, resolve_device,
-                     seed_everything, seg_optimizer, set_lr, train_loop)
+from .engine import (autocast, grad_scaler, on_device, poly_lr, prepare_run_dir, resolve_device,
+                     seed_everything, seg_optimizer, set_lr, train_loop, make_keeper)
+from .labelmaps import class_set
 from .losses import kld_regularizer, seg_loss, valid_pixels
 from .models import build_model
 
@@ -53,7 +54,7 @@ def run(cfg, run_dir, domain="source", resume=False, quiet=False, init=None, sou
         init_from_checkpoint(model, init, cfg.model)
     model = on_device(model, device).train()
     optimizer = seg_optimizer(model, cfg.optim)
-    train_set = build_train_dataset(cfg.data, domain, model.normalization)
+    train_set = build_train_dataset(cfg.data, domain, model.normalization, class_names=class_set(cfg.model)[0])
     pin = device.type == "cuda"  # page-locked batches: the non_blocking copies below then overlap the GPU's work
     batches = infinite_loader(train_set, cfg.run.batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
                               pin_memory=pin)
@@ -62,7 +63,7 @@ def run(cfg, run_dir, domain="source", resume=False, quiet=False, init=None, sou
         extras["batches_source"] = infinite_loader(build_train_dataset(cfg.data, "source", model.normalization),
                                                    cfg.run.batch_size, seed=cfg.run.seed + 1,
                                                    num_workers=cfg.data.num_workers, pin_memory=pin)
-    keeper = BestKeeper(run_dir, cfg, build_val_dataset(cfg.data, model.normalization), device)
+    keeper = make_keeper(run_dir, cfg, model, device)
     amp_ctx, scaler = autocast(device, cfg.run.amp), grad_scaler(device, cfg.run.amp)
 
     def step(batches, i):

@@ -30,7 +30,8 @@ GENERATOR = "cirn.train.toy"  # what toy.json says made it (the module's name be
 GENERATOR_VERSION = 1  # the look is frozen: bump this whenever an output byte changes
 MANIFEST = "toy.json"
 PARTIAL = "toy.partial"  # present while generating: marks the folder as ours (to overwrite and prune) and resumable
-FORMATS = {"gta5": ("gta5",), "synthia": ("synthia",), "both": ("gta5", "synthia")}
+FORMATS = {"gta5": ("gta5",), "synthia": ("synthia",), "carla": ("carla",), "both": ("gta5", "synthia")}
+SOURCE_PARTS = ("gta5", "synthia", "carla")
 TRAIN_CITIES = ("toytown", "pixelburg")
 VAL_CITIES = ("valley",)
 ANNOTATED_FRAME = 19  # Cityscapes annotates the 20th frame of each 30-frame sequence
@@ -44,6 +45,7 @@ class ToyPaths:
     gta5: Path | None
     synthia: Path | None
     cityscapes: Path
+    carla: Path | None = None  # a folder source (images/, labels/) of CARLA raw semantic labels
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class _Job:
 
     def params(self, part):
         """What decides a part's bytes (besides seed and version): a part on disk is reused when they match."""
-        if part == "gta5":
+        if part in ("gta5", "carla"):
             return {"images": self.num_source, "size": list(self.source_size_wh)}
         if part == "synthia":
             return {"images": self.num_source, "size": list(self.synthia_size_wh)}
@@ -119,7 +121,7 @@ def _read_json(path):
 
 def generate(out, seed=0, fmt="gta5", num_source=500, num_train=500, num_val=100, workers=None,
              source_size_wh=(320, 180), target_size_wh=(256, 128), look="camera"):
-    """Render the toy pair into `out`: the source in GTA5 and/or SYNTHIA layout (fmt 'gta5', 'synthia' or
+    """Render the toy pair into `out`: the source in GTA5, SYNTHIA and/or CARLA (folder) layout (fmt 'gta5', 'synthia',
     'both'), the target in Cityscapes layout (train and val) with the given look ('camera' or 'dusk'; the source
     is the same for both). Parts already on disk with the same parameters are kept; a folder that holds the other
     look is an error. toy.json is written last. Returns a short human summary.
@@ -129,7 +131,7 @@ def generate(out, seed=0, fmt="gta5", num_source=500, num_train=500, num_val=100
     parts = (*FORMATS[fmt], "cityscapes")
     _check_look_on_disk(job)
     old = read_manifest(job.out)
-    valid = [p for p in ("gta5", "synthia", "cityscapes") if _part_matches(old, job, p)]
+    valid = [p for p in (*SOURCE_PARTS, "cityscapes") if _part_matches(old, job, p)]
     if all(p in valid for p in parts):
         return f"toy dataset in {job.out} is already complete; nothing to do.\n" + _describe(job.out, old)
 
@@ -151,7 +153,7 @@ def generate(out, seed=0, fmt="gta5", num_source=500, num_train=500, num_val=100
     done = {**{p: old[p] for p in valid}, **plan["parts"]}
     manifest = {"generator": GENERATOR, "version": GENERATOR_VERSION, "seed": job.seed, **_look_fields(job.look),
                 "format": _format_of(done)}
-    manifest.update((p, done[p]) for p in ("gta5", "synthia", "cityscapes") if p in done)
+    manifest.update((p, done[p]) for p in (*SOURCE_PARTS, "cityscapes") if p in done)
     atomic_write_text(job.out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     (job.out / PARTIAL).unlink(missing_ok=True)
     seconds = time.perf_counter() - start
@@ -176,7 +178,8 @@ def ensure_toy(root=None, seed=0, fmt="gta5", look="camera"):
         generate(root, seed=seed, fmt=fmt, look=look, **(_counts_of(manifest) if usable else {}))
         manifest = read_manifest(root)
     return ToyPaths(root, root / "gta5" if "gta5" in manifest else None,
-                    root / "synthia" if "synthia" in manifest else None, root / "cityscapes")
+                    root / "synthia" if "synthia" in manifest else None, root / "cityscapes",
+                    root / "carla" if "carla" in manifest else None)
 
 
 def _counts_of(manifest):
@@ -185,11 +188,12 @@ def _counts_of(manifest):
     if "cityscapes" in manifest:
         part = manifest["cityscapes"]
         counts.update(num_train=part["train"], num_val=part["val"], target_size_wh=tuple(part["size"]))
-    source = manifest.get("gta5") or manifest.get("synthia")
+    source = manifest.get("gta5") or manifest.get("synthia") or manifest.get("carla")
     if source:
         counts["num_source"] = source["images"]
-    if "gta5" in manifest:
-        counts["source_size_wh"] = tuple(manifest["gta5"]["size"])
+    for part in ("gta5", "carla"):
+        if part in manifest:
+            counts["source_size_wh"] = tuple(manifest[part]["size"])
     return counts
 
 
@@ -245,23 +249,26 @@ def _check_ours(out):
     """Refuse to write into a folder that holds datasets we did not make: we overwrite and prune our own."""
     if (out / MANIFEST).exists() or (out / PARTIAL).exists():
         return
-    clash = [name for name in ("gta5", "synthia", "cityscapes") if (out / name).exists()]
+    clash = [name for name in (*SOURCE_PARTS, "cityscapes") if (out / name).exists()]
     if clash:
         raise CirnError(f"{out} already holds {', '.join(clash)} but no {MANIFEST}, so it is not a toy dataset; "
                         "choose another output folder or remove those folders")
 
 
 def _format_of(manifest):
-    has_gta5, has_synthia = "gta5" in manifest, "synthia" in manifest
-    return "both" if has_gta5 and has_synthia else "gta5" if has_gta5 else "synthia"
+    """The source layouts a manifest holds: gta5, synthia, carla, both (gta5 and synthia), or a '+' list."""
+    present = [p for p in SOURCE_PARTS if p in manifest]
+    return "both" if present == ["gta5", "synthia"] else "+".join(present)
 
 
 def _describe(out, manifest):
     lines = []
-    for part in ("gta5", "synthia"):
+    for part in SOURCE_PARTS:
         if part in manifest:
             p = manifest[part]
-            lines.append(f"  source ({part} layout): {out / part}  {p['images']} images, {p['size'][0]}x{p['size'][1]}")
+            layout = "folder layout, CARLA raw semantic labels: --source folder --label-map carla" if part == "carla" \
+                else f"{part} layout"
+            lines.append(f"  source ({layout}): {out / part}  {p['images']} images, {p['size'][0]}x{p['size'][1]}")
     p = manifest["cityscapes"]
     layout = "cityscapes layout" + ("" if look_of(manifest) == "camera" else f", {look_of(manifest)} look")
     lines.append(f"  target ({layout}): {out / 'cityscapes'}  {p['train']} train + {p['val']} val, "
@@ -300,6 +307,9 @@ def _task_files(part, split, index):
     if part == "synthia":
         name = f"{index:07d}.png"
         return [f"synthia/RGB/{name}", f"synthia/GT/LABELS/{name}"]
+    if part == "carla":
+        name = f"{index:08d}.png"  # CARLA's save_to_disk names frames by an 8-digit frame number
+        return [f"carla/images/{name}", f"carla/labels/{name}"]
     cities = TRAIN_CITIES if split == "train" else VAL_CITIES
     city = cities[index % len(cities)]
     stem = f"{split}/{city}/{city}_{index // len(cities):06d}_{ANNOTATED_FRAME:06d}"
@@ -323,6 +333,10 @@ def _render_task(job, task):
         frame = render_frame(scene, job.source_size_wh, "source")
         write_png(paths[0], frame.image)
         atomic_write_bytes(paths[1], _palette_png(TRAINID_TO_LABELID[frame.labels]))
+    elif part == "carla":
+        frame = render_frame(scene, job.source_size_wh, "source", instances=True)
+        write_png(paths[0], frame.image)
+        write_png(paths[1], carla_raw_semantic(frame.labels, frame.instances))
     else:
         frame = render_frame(scene, job.synthia_size_wh, "source", instances=True)
         gt = np.zeros((*frame.labels.shape, 3), np.uint16)  # class id in R, instance id in G
@@ -330,6 +344,16 @@ def _render_task(job, task):
         gt[..., 1] = frame.instances
         write_png(paths[0], frame.image)
         write_png(paths[1], gt)
+
+
+def carla_raw_semantic(trainids, instances):
+    """A CARLA >= 0.9.14 raw semantic image: (H, W, 3) uint8 RGB, the tag in R (tags 1..19 = trainIds 0..18, 0 = None
+    for ignored pixels), the instance id in G (low byte) and B (high byte)."""
+    raw = np.zeros((*trainids.shape, 3), np.uint8)
+    raw[..., 0] = np.where(trainids == 255, 0, trainids.astype(np.int16) + 1)
+    raw[..., 1] = instances & 255
+    raw[..., 2] = (instances >> 8) & 255
+    return raw
 
 
 def _palette_png(label_ids):
@@ -346,7 +370,8 @@ def _palette_png(label_ids):
 
 def _prune(job, part):
     """Delete files of an earlier, larger run that this run did not write (the folder is ours: toy.partial)."""
-    folders = {"gta5": ["gta5"], "synthia": ["synthia"], "cityscapes": ["cityscapes/leftImg8bit", "cityscapes/gtFine"]}
+    folders = {"gta5": ["gta5"], "synthia": ["synthia"], "carla": ["carla"],
+               "cityscapes": ["cityscapes/leftImg8bit", "cityscapes/gtFine"]}
     expected = {job.out / f for task in job.tasks(part) for f in _task_files(*task)}
     for folder in folders[part]:
         for path in (job.out / folder).rglob("*"):
