@@ -50,8 +50,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="output folders of cirn-train all-stages (with run.eval_every small)")
     parser.add_argument("--json", default=None, help="write the figures here")
+    parser.add_argument("--previous", default=None,
+                        help="a JSON this wrote earlier: its runs are counted in the means too (runs of another day)")
     args = parser.parse_args(argv)
     figures = {"runs": {}, "mean_rho": {}, "mean_regret": {}}
+    if args.previous:
+        figures["runs"] = {run: steps for run, steps in json.loads(Path(args.previous).read_text())["runs"].items()
+                           if run not in args.runs}
     header = f"{'run':<14}{'step':<12}{'evals':>6}{'best':>7}{'last':>7}  " + "  ".join(
         f"{c + ' rho/pick':>20}" for c in CRITERIA)
     print(header)
@@ -64,8 +69,9 @@ def main(argv=None):
             if len(records) < 3:
                 print(f"{run}: {row} has {len(records)} evaluations; at least 3 are needed", file=sys.stderr)
                 continue
-            step = score_step(records)
-            figures["runs"][run][row] = step
+            figures["runs"][run][row] = score_step(records)
+    for run, steps in figures["runs"].items():
+        for row, step in steps.items():
             cells = []
             for c in CRITERIA:
                 rho, picked = step["criteria"][c]["rho"], step["criteria"][c]["picked_miou"]

@@ -50,8 +50,10 @@ def cityscapes_frames(root, split, size_wh, limit, with_labels=True):
 def run_frames(data_cfg, size_wh, limit, with_labels=True, class_names=()):
     """Up to `limit` frames of a run's own target (a DataConfig) at size_wh=(W, H): its labelled images where it
     has any (--target-val, the toy's or Cityscapes' val split), else its unlabelled train images (a folder, a video's
-    decoded frames), without labels. class_names: the model's own class set (empty: Cityscapes')."""
-    dataset = build_val_dataset(data_cfg, class_names=class_names) if with_labels else None
+    decoded frames), without labels. class_names: the model's own class set (empty: Cityscapes'), whose labels only
+    --target-val can hold (a toy or Cityscapes val split holds Cityscapes' classes)."""
+    labelled = with_labels and (data_cfg.target_val or not class_names)
+    dataset = build_val_dataset(data_cfg, class_names=class_names) if labelled else None
     dataset = dataset or build_target_dataset(data_cfg, flip=False, quiet=True)
     frames = []
     for name, image_path, label_path in _spread(dataset.samples, limit):

@@ -127,9 +127,11 @@ def export_checkpoint(checkpoint=None, out=None, *, height=None, width=None, out
     keys = precisions + (["int8-tensorrt"] if int8 and trt is not None else [])
 
     split = data_cfg.get("val_split", "val")
-    if parity_root is None and data_cfg.get("target") in ("folder", "video"):
-        # Your own footage: its --target-val frames when the run had them, else its unlabelled images (agreement
-        # with PyTorch needs no labels); INT8 calibrates on its images too.
+    own_classes = bool(state["config"].get("model", {}).get("class_names"))
+    if parity_root is None and (data_cfg.get("target") in ("folder", "video") or data_cfg.get("target_val")
+                                or own_classes):
+        # Your own footage or classes: its --target-val frames when the run had them, else its unlabelled images
+        # (agreement with PyTorch needs no labels); INT8 calibrates on its images too.
         from cirn.train.config import from_dict
         run_cfg = from_dict(state["config"])
         run_data = run_cfg.data

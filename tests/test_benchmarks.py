@@ -32,7 +32,7 @@ def bench():
     try:
         yield {name: importlib.import_module(name) for name in ("variants", "measure", "report", "run_latency",
                                                                 "run_accuracy", "pseudo_labels", "so_collapse",
-                                                                "selection")}
+                                                                "selection", "frame_cache")}
     finally:
         sys.path.remove(str(BENCHMARKS))
 
@@ -233,3 +233,16 @@ def test_selection_ranks_criteria_against_the_miou(bench, tmp_path):
     assert step["criteria"]["disagreement"]["picked_miou"] == 10.0  # constant: the first evaluation is kept
     assert figures["choice"] == "entropy" and figures["mean_regret"]["entropy"] == 0.0
     assert json.loads((tmp_path / "s.json").read_text())["choice"] == "entropy"
+    (tmp_path / "run").rename(tmp_path / "again")  # another day's run, counted with the earlier one's figures
+    both = bench["selection"].main([str(tmp_path / "again"), "--previous", str(tmp_path / "s.json")])
+    assert list(both["runs"]) == [str(tmp_path / "run"), str(tmp_path / "again")]
+    assert both["mean_rho"]["last"] == pytest.approx(0.6) and both["choice"] == "entropy"
+
+
+def test_frame_cache_times_both_ways_over_the_same_frames(bench, tmp_path, monkeypatch):
+    from cirn.train.toy import render_video
+    monkeypatch.setenv("CIRN_DATA", str(tmp_path / "data"))  # main() points it at a temporary cache of its own
+    video = render_video(tmp_path / "d.mp4", frames=8, size_wh=(64, 32))["video"]
+    figures = bench["frame_cache"].main([str(video), "--stride", "2", "--draws", "5"])
+    assert figures["frames"] == 4 and min(figures["png_ms"], figures["seek_ms"], figures["decode_ms_per_frame"]) > 0
+    assert not (tmp_path / "data").exists()

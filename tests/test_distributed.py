@@ -15,7 +15,10 @@ from cirn.train.datasets import _StreamBatchSampler
 # the one difference from a single process: the curves then agree within a few percent over these iterations.
 EXACT_TOLERANCE = 1e-4  # relative, per logged iteration
 BATCHNORM_TOLERANCE = 0.15
-SHORT_RUN = ["run.iterations=8", "run.batch_size=4", "run.eval_every=8", "run.checkpoint_every=4", "run.device=cpu"]
+# fp32: on a CPU with bf16 instructions run.amp=auto trains in bf16, whose rounding of each process's share of the
+# batch differs from the whole batch's by more than EXACT_TOLERANCE.
+SHORT_RUN = ["run.iterations=8", "run.batch_size=4", "run.eval_every=8", "run.checkpoint_every=4", "run.device=cpu",
+             "run.amp=none"]
 
 
 def test_shards_of_a_batch_are_the_single_process_batch():

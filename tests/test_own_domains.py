@@ -152,6 +152,63 @@ def test_toy_in_the_carla_layout_reads_as_the_gta5_one(carla_toy):
         assert (carla[i]["image"] == gta5[i]["image"]).all() and (carla[i]["label"] == gta5[i]["label"]).all()
 
 
+def test_uncovered_values_of_loader_workers_reach_the_main_process_reported_once(carla_toy, tmp_path, capsys):
+    from cirn.train.datasets import infinite_loader
+    five = load_label_map(five_class_map(tmp_path / "five.yaml"))
+    summaries = []
+    for workers in (0, 2):
+        dataset = FolderDataset(carla_toy / "carla", five)
+        loader = infinite_loader(dataset, batch_size=2, num_workers=workers)
+        batches = [next(loader) for _ in range(3)]  # one epoch: each of the 6 labels read once
+        assert all("uncovered_labels" not in b for b in batches)
+        summaries.append(dataset.uncovered.summary())
+        warnings = [line for line in capsys.readouterr().err.splitlines() if "does not cover value" in line]
+        assert len(warnings) == len(summaries[-1]) > 0  # each value once, whichever process read it
+    assert summaries[0] == pytest.approx(summaries[1])
+
+
+def test_folder_edge_cases(tmp_path):
+    """Two files of one name are refused; a target folder's labels/ and gtFine/ sub-folders, and the --target-val
+    folder inside it, are never training images."""
+    from cirn.train.datasets import ImageFolderDataset
+    for name in ("a.png", "a.jpg"):
+        write_png(tmp_path / "src" / "images" / name, np.zeros((8, 8, 3), np.uint8))
+    write_png(tmp_path / "src" / "labels" / "a.png", carla_raw(np.ones((8, 8), np.uint8)))
+    with pytest.raises(CirnError, match=r"images/a.jpg and .*images/a.png share the name 'a'"):
+        FolderDataset(tmp_path / "src", BUILTIN["carla"])
+    footage = tmp_path / "footage"
+    for name in ("drive/f1", "labels/f1", "drive/gtFine/f2", "val/images/f3", "val/labels/f3"):
+        write_png(footage / f"{name}.png", np.zeros((8, 8, 3), np.uint8))
+    assert [s[0] for s in ImageFolderDataset(footage).samples] == ["drive/f1", "val/images/f3"]
+    assert [s[0] for s in ImageFolderDataset(footage, exclude=footage / "val").samples] == ["drive/f1"]
+
+
+def test_cityscapes_void_colours_are_ignored_not_uncovered(tmp_path):
+    from cirn.train.labelmaps import CITYSCAPES_VOID_COLOURS
+    rgb = np.array([CITYSCAPES_VOID_COLOURS + [tuple(L.PALETTE[0])]], np.uint8)
+    write_png(tmp_path / "c.png", rgb)
+    trainids, uncovered = BUILTIN["palette"].to_trainids(BUILTIN["palette"].raw(tmp_path / "c.png"))
+    assert uncovered == {} and trainids.tolist() == [[255] * len(CITYSCAPES_VOID_COLOURS) + [0]]
+
+
+def test_an_own_class_set_of_more_than_19_is_scored_whole():
+    from cirn.train.evaluate import protocol_classes
+    assert protocol_classes(19, 25) == list(range(25)) and protocol_classes(19, 5) == list(range(5))
+    assert protocol_classes(16, 19) == list(L.PROTOCOLS[16])
+
+
+def test_relative_paths_are_saved_absolute(carla_toy, tmp_path, monkeypatch):
+    """A run's config.yaml (and its checkpoints) name its data by absolute paths: export, resume and eval may run
+    from another directory."""
+    from cirn.train.config import resolve_run
+    five_class_map(tmp_path / "five.yaml")
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_run(tmp_path / "run", "smoke", updates={"data": {
+        "source": "folder", "source_root": str(carla_toy / "carla"), "label_map": "five.yaml"}})
+    assert cfg.data.label_map == str(tmp_path / "five.yaml") and cfg.model.num_classes == 5
+    assert resolve_run(tmp_path / "run", "smoke", updates={"data": {"label_map": "carla"}}).data.label_map == "carla"
+
+
 # ---------------------------------------------------------------- a video target
 def test_video_target_with_a_corrupt_frame_follows_bad_frames(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CIRN_DATA", str(tmp_path / "cache"))
@@ -167,6 +224,18 @@ def test_video_target_with_a_corrupt_frame_follows_bad_frames(tmp_path, monkeypa
     fail = load_config(None, overrides=["data.bad_frames=fail"], base=cfg)
     with pytest.raises(CirnError, match="frame 4 .*could not be decoded"):
         build_target_dataset(fail.data)
+
+
+def test_a_folder_of_videos_keeps_their_folders_in_the_frame_names(tmp_path, monkeypatch):
+    from cirn.train import toy
+    monkeypatch.setenv("CIRN_DATA", str(tmp_path / "cache"))
+    for day in ("day1", "day2"):
+        (tmp_path / "videos" / day).mkdir(parents=True)
+        toy.render_video(tmp_path / "videos" / day / "cam.mp4", frames=2, size_wh=(64, 32))
+    cfg = load_config("smoke", overrides=["data.target=video", f"data.target_root={tmp_path / 'videos'}",
+                                          "data.frame_stride=1"])
+    names = [s[0] for s in build_target_dataset(cfg.data, quiet=True).samples]
+    assert names == [f"{day}/cam/cam_000000_{k:06d}" for day in ("day1", "day2") for k in (0, 1)]
 
 
 # ---------------------------------------------------------------- label-free selection
@@ -226,6 +295,11 @@ def test_own_five_classes_through_training_export_and_an_overlay(carla_toy, tmp_
     predicted = np.concatenate([read_label(p).ravel() for p in (tmp_path / "pred").rglob("*.png")])
     assert predicted.max() < 5
 
+    from cirn.train.config import from_dict
+    from cirn.train.pipeline import plot_examples  # all-stages' example grid, with the val labels of 5 classes
+    plot_examples({"SO": out / "best.pt"}, from_dict(state["config"]), carla_toy / "carla", tmp_path / "ex.png")
+    assert (tmp_path / "ex.png").stat().st_size > 0
+
     from cirn.runtime.outputs import overlay
     image, labels = np.full((32, 64, 3), 255, np.uint8), np.full((32, 64), 4, np.uint8)  # every pixel car
     shown = overlay(image, labels, backend.metadata.palette, alpha=1.0)
@@ -275,6 +349,9 @@ def test_own_domain_bad_inputs_are_one_error_line(carla_toy, tmp_path):
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("read: red\nmap:\n  1: raod\n")
     assert_one_error_line(train(*src, "--label-map", str(unknown)), "maps 1 to 'raod', which is not a class")
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("read: red\nmap:\n  1: [road]\n")
+    assert_one_error_line(train(*src, "--label-map", str(listed)), "each value must be one class name")
     broken = tmp_path / "broken.yaml"
     broken.write_text("map: {1: road\n")
     assert_one_error_line(train(*src, "--label-map", str(broken)), "broken.yaml is not valid YAML")

@@ -551,9 +551,23 @@ def resolve_run(run_dir, preset="toy", config_file=None, overrides=(), updates=N
     saved = Path(run_dir) / "config.yaml"
     if resume and saved.exists():
         base = merge(from_dict(read_yaml(saved)), updates)
-        return resolve_classes(load_config(None, config_file, overrides, base=base))
+        return resolve_classes(_absolute_paths(load_config(None, config_file, overrides, base=base)))
     cfg = load_config(preset, config_file)
-    return resolve_classes(load_config(None, None, overrides, base=merge(cfg, updates)))
+    return resolve_classes(_absolute_paths(load_config(None, None, overrides, base=merge(cfg, updates))))
+
+
+DATA_PATHS = ("source_root", "target_root", "target_val", "source_list", "target_list", "label_map",
+              "target_val_label_map")
+
+
+def _absolute_paths(cfg):
+    """cfg with its data paths made absolute, so that the saved config (and export, resume, eval from another
+    directory) finds them; a label map stays as given unless it names a file (a built-in name, or a typo its error
+    should show as typed)."""
+    absolute = {key: str(Path(value).expanduser().resolve()) for key in DATA_PATHS
+                if (value := getattr(cfg.data, key))
+                and (not key.endswith("label_map") or Path(value).expanduser().is_file())}
+    return merge(cfg, {"data": absolute}) if absolute else cfg
 
 
 def to_dict(cfg):

@@ -8,6 +8,7 @@ Every item is a dict: image (3, H, W) float, label (H, W) long trainIds with 255
 name (relative, for prediction files) and size_hw (original (H, W)). Models never read configs: the `build_*`
 functions translate a DataConfig into these constructors.
 """
+import json
 import sys
 from pathlib import Path
 
@@ -83,6 +84,9 @@ def _check_root(root, layout):
     return root
 
 
+UNCOVERED_KEY = "uncovered_labels"  # an item's key for a worker's uncovered label values (popped by InfiniteLoader)
+
+
 class SegmentationDataset(Dataset):
     """Loading, resizing, flipping and normalisation shared by the layouts; subclasses find samples and say what
     their label files hold (`label_map`, labelmaps.py).
@@ -150,6 +154,7 @@ class SegmentationDataset(Dataset):
         raise CirnError(f"none of the {len(self)} samples can be read (data.bad_images=skip)")
 
     def _read(self, index):
+        self.uncovered.report = torch.utils.data.get_worker_info() is None  # workers report through the items
         """(image (H, W, 3) uint8 resized, label (H, W) uint8 trainIds or None, original (height, width))."""
         if index in self._cached:
             return self._cached[index]
@@ -174,6 +179,8 @@ class SegmentationDataset(Dataset):
             image = image[:, ::-1]
         item = {"image": normalize(image, self.normalization), "name": self.samples[index][0],
                 "size_hw": torch.tensor([height, width])}
+        if torch.utils.data.get_worker_info() is not None:  # a worker's uncovered label values go to the main process
+            item[UNCOVERED_KEY] = json.dumps(self.uncovered.take())
         if label is not None:
             if flip:
                 label = label[:, ::-1]
@@ -312,13 +319,21 @@ class SynthiaDataset(_FlatSourceDataset):
     label_map = LABEL_MAPS["synthia"]  # 16-bit, class id in the red channel
 
 
-def _relative_names(folder, suffixes):
+def _relative_names(folder, suffixes, skip_dirs=()):
     """{name: path} of the files under `folder` (recursive) with one of `suffixes`; name = the relative path
-    without its suffix. Hidden files (an interrupted write's temporaries) are left out."""
+    without its suffix. Hidden files (an interrupted write's temporaries) and sub-folders named in `skip_dirs` are
+    left out; two files of one name (a.jpg beside a.png) are an error naming both."""
     found = {}
     for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() in suffixes and path.is_file() and not path.name.startswith("."):
-            found.setdefault(path.relative_to(folder).with_suffix("").as_posix(), path)
+        relative = path.relative_to(folder)
+        if path.suffix.lower() not in suffixes or path.name.startswith(".") or not path.is_file() \
+                or any(part in skip_dirs for part in relative.parts[:-1]):
+            continue
+        name = relative.with_suffix("").as_posix()
+        if name in found:
+            raise CirnError(f"{found[name]} and {path} share the name {name!r}: keep one (files pair up, and outputs "
+                            "are named, by relative path and stem)")
+        found[name] = path
     return found
 
 
@@ -330,18 +345,16 @@ class FolderDataset(SegmentationDataset):
 
     def __init__(self, root, label_map, image_dir="images", label_dir="labels", size_wh=None, list_file=None,
                  with_labels=True, flip=False, normalization="imagenet", label_root=None, label_size="image",
-                 max_images=0):
+                 max_images=0, what="source"):
         self.label_map, self.image_dir, self.label_dir = label_map, image_dir, label_dir
         self.layout = f"a folder with {image_dir}/ (images) and {label_dir}/ (label PNGs of the same names)"
         root = _check_root(root, self.layout)
         images_root = root / image_dir
         labels_root = (Path(label_root).expanduser() if label_root else root) / label_dir
-        if not images_root.is_dir():
-            raise CirnError(f"{images_root} does not exist: the source folder needs {self.layout} (other names: "
-                            "data.source_images, data.source_labels)")
-        if with_labels and not labels_root.is_dir():
-            raise CirnError(f"{labels_root} does not exist: the source folder needs {self.layout} (other names: "
-                            "data.source_images, data.source_labels)")
+        names = " (other names: data.source_images, data.source_labels)" if what == "source" else ""
+        for folder in [images_root] + ([labels_root] if with_labels else []):
+            if not folder.is_dir():
+                raise CirnError(f"{folder} does not exist: {root} needs {self.layout}{names}")
         images = _relative_names(images_root, IMAGE_SUFFIXES)
         if list_file:
             listed = [str(Path(e).with_suffix("")) if Path(e).suffix.lower() in IMAGE_SUFFIXES else e
@@ -350,9 +363,10 @@ class FolderDataset(SegmentationDataset):
             if absent:
                 raise CirnError(f"list file {list_file} names {absent[0]!r} but {images_root} has no such image")
             images = {name: images[name] for name in listed}
-        samples = [(name, path, labels_root / f"{name}.png" if with_labels else None) for name, path in images.items()]
+        label_files = _relative_names(labels_root, (".png",)) if with_labels else {}
+        samples = [(name, path, label_files.get(name, labels_root / f"{name}.png") if with_labels else None)
+                   for name, path in images.items()]
         if with_labels:
-            label_files = _relative_names(labels_root, (".png",))
             lone_images = [name for name in images if name not in label_files]
             if lone_images:
                 raise CirnError(f"image {images[lone_images[0]]} has no label: expected "
@@ -373,15 +387,23 @@ SOURCE_DATASETS = {"toy": GTA5Dataset, "gta5": GTA5Dataset, "synthia": SynthiaDa
 
 
 # ---------------------------------------------------------------- your own footage (target)
+LABEL_DIRS = ("labels", "gtFine")  # sub-folders of a target folder that hold labels, never training images
+
+
 class ImageFolderDataset(SegmentationDataset):
     """Every image under `root` (recursive, sorted; a list of roots: each in turn), unlabelled: a folder target, or
-    the decoded frames of a video target. Names are relative paths without the suffix."""
+    the decoded frames of a video target. Names are relative paths without the suffix. Sub-folders named labels/ or
+    gtFine/ are left out (a target folder that also holds labelled frames must not train on, or read, their labels);
+    so is `exclude` (the --target-val folder, when it lies inside)."""
 
-    def __init__(self, root, size_wh=None, list_file=None, flip=False, normalization="imagenet", max_images=0):
+    def __init__(self, root, size_wh=None, list_file=None, flip=False, normalization="imagenet", max_images=0,
+                 exclude=None):
         images = {}
+        exclude = Path(exclude).expanduser().resolve() if exclude else None
         for folder in root if isinstance(root, (list, tuple)) else [root]:
             folder = _check_root(folder, "images (.png, .jpg) in it or its sub-folders")
-            found = _relative_names(folder, IMAGE_SUFFIXES)
+            found = {name: path for name, path in _relative_names(folder, IMAGE_SUFFIXES, LABEL_DIRS).items()
+                     if exclude is None or exclude not in path.resolve().parents}
             if not found:
                 raise CirnError(f"the target folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): give a "
                                 "folder of your camera's frames, or --target video with a video file")
@@ -391,7 +413,8 @@ class ImageFolderDataset(SegmentationDataset):
                                 "(outputs and pseudo labels are named after it)")
             images.update(found)
         if list_file:
-            listed = _read_list(list_file)
+            listed = [str(Path(e).with_suffix("")) if Path(e).suffix.lower() in IMAGE_SUFFIXES else e
+                      for e in _read_list(list_file)]
             absent = [name for name in listed if name not in images]
             if absent:
                 raise CirnError(f"list file {list_file} names {absent[0]!r} but the target has no such image")
@@ -454,7 +477,11 @@ def decode_video_frames(spec, stride, bad_frames, quiet=False):
     from cirn.common.sources import VideoSource
     from .io import write_png
     folders = []
-    for video in video_files(spec):
+    videos = video_files(spec)
+    top = Path(spec).expanduser()
+    for video in videos:
+        # A folder's videos keep their relative folder in the frame names (day1/cam.mp4 and day2/cam.mp4 may coexist)
+        relative = video.parent.relative_to(top) if top.is_dir() else Path()
         cache = frames_cache_dir(video, stride, bad_frames)
         manifest = cache / FRAMES_MANIFEST
         if manifest.is_file():
@@ -464,7 +491,7 @@ def decode_video_frames(spec, stride, bad_frames, quiet=False):
         count = 0
         try:
             for frame in source:
-                write_png(cache / video.stem / f"{frame.name}.png", frame.image)
+                write_png(cache / relative / video.stem / f"{frame.name}.png", frame.image)
                 count += 1
         finally:
             source.close()
@@ -481,7 +508,7 @@ def decode_video_frames(spec, stride, bad_frames, quiet=False):
                                                 "bad_frames": bad_frames, "skipped": source.skipped,
                                                 "decode_error": source.decode_error}, indent=2))
         if not quiet:
-            print(f"{video}: {count} frames (every {stride}th) decoded once into {cache}", file=sys.stderr)
+            print(f"{video}: {count} frames (one in {stride}) decoded once into {cache}", file=sys.stderr)
         folders.append(cache)
     return folders
 
@@ -585,7 +612,7 @@ def build_target_dataset(cfg_data, normalization="imagenet", with_labels=False, 
             raise CirnError(f"--target folder needs a folder of images, but {root} is a file: for a video use "
                             "--target video")
         dataset = ImageFolderDataset(root, size_wh=cfg_data.target_size_wh, list_file=cfg_data.target_list or None,
-                                     flip=flip, normalization=normalization)
+                                     flip=flip, normalization=normalization, exclude=cfg_data.target_val or None)
     else:
         dataset = CityscapesDataset(_target_root(cfg_data), split=split, size_wh=cfg_data.target_size_wh,
                                     list_file=cfg_data.target_list or None, with_labels=with_labels, flip=flip,
@@ -604,8 +631,9 @@ def build_train_dataset(cfg_data, domain, normalization="imagenet", with_labels=
     elif domain == "pseudo":
         if not cfg_data.pseudo_root:
             raise CirnError("training on pseudo labels needs data.pseudo_root (written by cirn-train stage3)")
+        from .labels import CLASS_NAMES
         dataset = PseudoLabelDataset(build_target_dataset(cfg_data, normalization, quiet=True), cfg_data.pseudo_root,
-                                     class_names)
+                                     class_names or CLASS_NAMES)
         dataset.cache = cfg_data.cache_images
     else:
         raise CirnError(f"unknown training domain {domain!r}: expected 'source', 'target' or 'pseudo'")
@@ -628,7 +656,7 @@ def build_val_dataset(cfg_data, normalization="imagenet", class_names=()):
             from .labelmaps import load_label_map
             label_map = load_label_map(cfg_data.target_val_label_map) if cfg_data.target_val_label_map else \
                 source_label_map(cfg_data)
-            dataset = FolderDataset(root, label_map, **options)
+            dataset = FolderDataset(root, label_map, what="--target-val", **options)
     elif not has_target_labels(cfg_data):
         return None
     else:
@@ -714,6 +742,11 @@ class InfiniteLoader:
                                             pin_memory=self.pin_memory, generator=generator))
         batch = next(self._batches)
         self.position += self.batch_size
+        reports = batch.pop(UNCOVERED_KEY, None)  # from the workers (SegmentationDataset._load)
+        if reports:
+            tally = getattr(self.dataset, "dataset", self.dataset).uncovered
+            for report in reports:
+                tally.merge(json.loads(report))
         return batch
 
     def state_dict(self):

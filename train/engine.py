@@ -247,30 +247,36 @@ class BestKeeper:
         model.train(was_training)
         score = record["miou"] if self.select == "miou" else criterion_value(self.select, record, iteration)
         self.history.append(record)
-        if logger is not None:
-            logger.log(iteration, {k: v for k, v in record.items() if k != "iteration"}, kind="val")
-            if result is not None:
-                best = max(result["miou"], self.best["miou"])
-                logger.message(f"iteration {iteration}: target {self.cfg.data.val_split} mIoU {result['miou']:.2f} "
-                               f"(best {best:.2f})")
-            else:
-                logger.message(f"iteration {iteration}: no target labels; " + ", ".join(
-                    f"{k} {v:.4f}" for k, v in record.items() if k != "iteration") + f" (picking by {self.select})")
         if score > self.best["score"]:
             self.best = {"miou": record.get("miou"), "iteration": iteration, "score": score, "select": self.select,
                          "per_class": result["per_class"] if result else None,
                          "label_free": {k: record[k] for k in ("entropy", "disagreement", "flip") if k in record}}
             save_model(self.run_dir / "best.pt", model, self.cfg, iteration=iteration, miou=record.get("miou"),
                        per_class=self.best["per_class"], select=self.select, label_free=self.best["label_free"])
+        if logger is not None:
+            logger.log(iteration, {k: v for k, v in record.items() if k != "iteration"}, kind="val")
+            if result is not None:
+                kept = self.best["miou"]
+                logger.message(f"iteration {iteration}: target {self.cfg.data.val_split} mIoU {result['miou']:.2f} "
+                               + (f"(kept: {kept:.2f}, iteration {self.best['iteration']}, by {self.select})"
+                                  if kept is not None else f"(picking by {self.select})"))
+            else:
+                logger.message(f"iteration {iteration}: no target labels; " + ", ".join(
+                    f"{k} {v:.4f}" for k, v in record.items() if k != "iteration") + f" (picking by {self.select})")
         return record
 
     def state_dict(self):
         return {"best": self.best, "history": self.history}
 
     def load_state_dict(self, state):
-        self.best, self.history = state["best"], state["history"]
-        self.best.setdefault("score", self.best["miou"])  # a run from before label-free selection
-        self.best.setdefault("select", "miou")
+        best, self.history = dict(state["best"]), state["history"]
+        best.setdefault("score", best["miou"])  # a run from before label-free selection
+        best.setdefault("select", "miou")
+        if best["select"] == self.select:
+            self.best = best
+        else:  # resumed with another criterion (--target-val added, run.select changed): scores do not compare
+            print(f"note: best.pt was picked by {best['select']}, this run picks by {self.select}: the next "
+                  "evaluation replaces it", file=sys.stderr)
 
 
 def make_keeper(run_dir, cfg, model, device):

@@ -71,11 +71,12 @@ class ConfusionMatrix:
 
 
 def protocol_classes(protocol, num_classes=labels.NUM_CLASSES):
-    """trainIds averaged by `protocol` (19, 16, 13; None = all), limited to a smaller model's classes."""
-    if protocol is None:
-        return list(range(num_classes))
-    if protocol not in labels.PROTOCOLS:
+    """trainIds averaged by `protocol` (19, 16, 13; None = all), limited to a smaller model's classes; 19 is every
+    class of the model, whatever their number (an own class set of more than 19 is scored whole)."""
+    if protocol is not None and protocol not in labels.PROTOCOLS:
         raise CirnError(f"unknown protocol {protocol!r}: expected one of {', '.join(map(str, labels.PROTOCOLS))}")
+    if protocol is None or protocol == labels.NUM_CLASSES:
+        return list(range(num_classes))
     return [c for c in labels.PROTOCOLS[protocol] if c < num_classes]
 
 

@@ -108,7 +108,10 @@ class LabelMap:
 
     def read_trainids(self, path, tally=None):
         """(H, W) uint8 trainIds of one label file; uncovered values are ignored and added to `tally`."""
-        trainids, uncovered = self.to_trainids(self.raw(path))
+        try:
+            trainids, uncovered = self.to_trainids(self.raw(path))
+        except CirnError as err:
+            raise CirnError(f"label {path}: {err}") from None
         if tally is not None:
             tally.add(path, uncovered, trainids.size)
         return trainids
@@ -136,23 +139,42 @@ def _open_label(path, read):
 
 class UncoveredTally:
     """Pixels of values a label map does not cover, over the labels read so far: each value is reported once (the
-    first file that holds it), and summary() gives every value's share of all pixels read."""
+    first file that holds it), and summary() gives every value's share of all pixels read.
+
+    In a DataLoader worker (report=False) nothing is printed: take() hands what was added since the last take to the
+    main process, whose tally merge()s it and reports each value once for the whole run."""
 
     def __init__(self, map_name):
-        self.map_name, self.pixels, self.total = map_name, {}, 0
+        self.map_name, self.pixels, self.total, self.report = map_name, {}, 0, True
+        self._pending = {"pixels": {}, "total": 0, "first": {}}
 
     def add(self, path, uncovered, pixels):
+        self.merge({"pixels": {str(v): c for v, c in uncovered.items()}, "total": pixels,
+                    "first": {str(v): [str(path), 100 * c / max(pixels, 1)] for v, c in uncovered.items()}})
+
+    def merge(self, delta):
+        """Add a take() of another process's tally (or one file's counts)."""
         import sys
-        self.total += pixels
-        for value, count in uncovered.items():
+        self.total += delta["total"]
+        self._pending["total"] += delta["total"]
+        for value, count in delta["pixels"].items():
             if value not in self.pixels:
-                print(f"warning: label map {self.map_name!r} does not cover value {value} ({100 * count / pixels:.2f}%"
-                      f" of {path}); its pixels are ignored", file=sys.stderr, flush=True)
+                self._pending["first"][value] = delta["first"][value]
+                if self.report:
+                    path, share = delta["first"][value]
+                    print(f"warning: label map {self.map_name!r} does not cover value {value} ({share:.2f}% of "
+                          f"{path}); its pixels are ignored", file=sys.stderr, flush=True)
             self.pixels[value] = self.pixels.get(value, 0) + count
+            self._pending["pixels"][value] = self._pending["pixels"].get(value, 0) + count
+
+    def take(self):
+        """What was added since the last take(): {pixels, total, first} for the main process's merge()."""
+        delta, self._pending = self._pending, {"pixels": {}, "total": 0, "first": {}}
+        return delta
 
     def summary(self):
         """{value (as text): share of the pixels read, in percent}."""
-        return {str(v): 100 * c / max(self.total, 1) for v, c in sorted(self.pixels.items(), key=lambda vc: str(vc[0]))}
+        return {v: 100 * c / max(self.total, 1) for v, c in sorted(self.pixels.items())}
 
 
 # ---------------------------------------------------------------- built-in maps
@@ -169,6 +191,11 @@ CARLA_TAGS = 29  # 0..28 in CARLA >= 0.9.14
 # CARLA 0.9.5-0.9.13 tag -> Cityscapes trainId (REFERENCE.md); absent tags of 0..22 are ignored.
 CARLA_LEGACY = {1: 2, 2: 4, 4: 11, 5: 5, 6: 0, 7: 0, 8: 1, 9: 8, 10: 13, 11: 3, 12: 7, 13: 10, 18: 6, 22: 9}
 
+# The colours of Cityscapes' classes without a trainId in *_gtFine_color.png files (unlabeled/static, dynamic, ground,
+# parking, rail track, guard rail, bridge, tunnel, caravan, trailer): ignored, never reported as uncovered.
+CITYSCAPES_VOID_COLOURS = [(0, 0, 0), (111, 74, 0), (81, 0, 81), (250, 170, 160), (230, 150, 140), (180, 165, 180),
+                           (150, 100, 100), (150, 120, 90), (0, 0, 90), (0, 0, 110)]
+
 BUILTIN = {
     "cityscapes": LabelMap("cityscapes", "value", _LABELIDS),
     "gta5": LabelMap("gta5", "value", _LABELIDS),
@@ -176,8 +203,8 @@ BUILTIN = {
     "synthia": LabelMap("synthia", "red", _ids(range(23), L.SYNTHIA_ID_TO_TRAINID)),
     "carla": LabelMap("carla", "red", _ids(range(CARLA_TAGS), {tag: tag - 1 for tag in range(1, 20)})),
     "carla-legacy": LabelMap("carla-legacy", "red", _ids(range(23), CARLA_LEGACY)),
-    "palette": LabelMap("palette", "rgb", _ids([(0, 0, 0)], {tuple(int(c) for c in rgb): t
-                                                             for t, rgb in enumerate(L.PALETTE)})),
+    "palette": LabelMap("palette", "rgb", _ids(CITYSCAPES_VOID_COLOURS, {tuple(int(c) for c in rgb): t
+                                                                          for t, rgb in enumerate(L.PALETTE)})),
 }
 SOURCE_DEFAULTS = {"toy": "gta5", "gta5": "gta5", "synthia": "synthia"}  # data.label_map '' for each data.source
 
@@ -223,6 +250,9 @@ def _read_yaml_map(path):
     table = {}
     for raw, target in data["map"].items():
         key = _parse_key(path, raw, read)
+        if not isinstance(target, str):
+            raise CirnError(f"label map {path} maps {raw} to {target!r}: each value must be one class name (or "
+                            "ignore)")
         if target == "ignore":
             table[key] = IGNORE
         elif target in index:

@@ -108,6 +108,8 @@ def run(cfg, out, quiet=False):
     if ablation["labelled"]:
         plot_ablation(ablation, out / "ablation.png")
         written.append(out / "ablation.png")
+    else:
+        (out / "ablation.png").unlink(missing_ok=True)  # an earlier labelled run's chart no longer holds
     plot_examples(best, cfg, intermediate, out / "examples.png")
     _say(f"[all-stages] wrote {', '.join(map(str, written + [out / 'examples.png']))}")
     return ablation
@@ -193,11 +195,11 @@ def plot_examples(best_paths, cfg, intermediate, path, count=3):
     translated = build_source_dataset(dataclasses.replace(cfg.data, intermediate_root=str(intermediate)), "imagenet",
                                       flip=False)
     models = {row: load_model(p)[0] for row, p in best_paths.items()}
-    labelled = build_val_dataset(cfg.data, "imagenet") is not None
+    labelled = build_val_dataset(cfg.data, "imagenet", class_names=cfg.model.class_names) is not None
 
     def target_set(normalization):
         if labelled:
-            return build_val_dataset(cfg.data, normalization)
+            return build_val_dataset(cfg.data, normalization, class_names=cfg.model.class_names)
         return build_target_dataset(cfg.data, normalization, flip=False, quiet=True)
 
     target = {n: target_set(n) for n in {m.normalization for m in models.values()} | {"imagenet"}}
