@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -31,8 +32,8 @@ def main(argv=None):
     video = Path(args.video)
     if not video.is_file():
         sys.exit(f"error: {video} does not exist: give a video file (cirn-data toy-video --out drive.mp4)")
-    with tempfile.TemporaryDirectory() as cache:
-        os.environ["CIRN_DATA"] = cache
+    # decode_video_frames caches under $CIRN_DATA: a throwaway one here, not the user's
+    with tempfile.TemporaryDirectory() as cache, mock.patch.dict(os.environ, {"CIRN_DATA": cache}):
         start = time.perf_counter()
         folder = decode_video_frames(video, args.stride, "skip", quiet=True)[0]
         decode_s = time.perf_counter() - start
@@ -48,10 +49,10 @@ def main(argv=None):
             start = time.perf_counter()
             capture.set(cv2.CAP_PROP_POS_FRAMES, int(k) * args.stride)
             ok, image = capture.read()
-            cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-            seek_s += time.perf_counter() - start
             if not ok:
                 sys.exit(f"error: {video}: frame {int(k) * args.stride} could not be sought and decoded")
+            cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+            seek_s += time.perf_counter() - start
         capture.release()
     figures = {"frames": len(frames), "decode_ms_per_frame": 1000 * decode_s / len(frames),
                "png_ms": 1000 * png_s / args.draws, "seek_ms": 1000 * seek_s / args.draws}

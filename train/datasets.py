@@ -154,7 +154,6 @@ class SegmentationDataset(Dataset):
         raise CirnError(f"none of the {len(self)} samples can be read (data.bad_images=skip)")
 
     def _read(self, index):
-        self.uncovered.report = torch.utils.data.get_worker_info() is None  # workers report through the items
         """(image (H, W, 3) uint8 resized, label (H, W) uint8 trainIds or None, original (height, width))."""
         if index in self._cached:
             return self._cached[index]
@@ -173,13 +172,15 @@ class SegmentationDataset(Dataset):
         return image, label, size_hw
 
     def _load(self, index, seed):
+        worker = torch.utils.data.get_worker_info() is not None
+        self.uncovered.report = not worker  # a worker's uncovered label values go to the main process with the item
         image, label, (height, width) = self._read(index)
         flip = self._flip_now(seed)
         if flip:
             image = image[:, ::-1]
         item = {"image": normalize(image, self.normalization), "name": self.samples[index][0],
                 "size_hw": torch.tensor([height, width])}
-        if torch.utils.data.get_worker_info() is not None:  # a worker's uncovered label values go to the main process
+        if worker:
             item[UNCOVERED_KEY] = json.dumps(self.uncovered.take())
         if label is not None:
             if flip:

@@ -108,8 +108,9 @@ class LabelMap:
 
     def read_trainids(self, path, tally=None):
         """(H, W) uint8 trainIds of one label file; uncovered values are ignored and added to `tally`."""
+        raw = self.raw(path)  # its errors name the file already
         try:
-            trainids, uncovered = self.to_trainids(self.raw(path))
+            trainids, uncovered = self.to_trainids(raw)
         except CirnError as err:
             raise CirnError(f"label {path}: {err}") from None
         if tally is not None:
