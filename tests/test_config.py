@@ -89,6 +89,9 @@ def test_every_preset_loads_and_round_trips(tmp_path):
     ("optim.lr=0", "optim.lr must be a number > 0, got 0.0"),
     ("optim.lr=.inf", "optim.lr must be a number > 0, got inf"),
     ("optim.d_lr=0", "optim.d_lr must be a number > 0, got 0.0"),
+    ("optim.class_balance=2", "optim.class_balance must be in [0, 1], got 2.0"),
+    ("data.color_jitter=1", "data.color_jitter must be in [0, 0.9], got 1.0"),
+    ("stage3.lr=-1", "stage3.lr must be a number >= 0, got -1.0"),
     ("optim.head_lr_mult=0", "optim.head_lr_mult must be a number > 0, got 0.0"),
     ("optim.momentum=1", "optim.momentum must be in [0, 1), got 1.0"),
     ("optim.weight_decay=-0.1", "optim.weight_decay must be a number >= 0, got -0.1"),
@@ -190,10 +193,13 @@ def test_resolve_run_keeps_a_resumed_runs_config_with_only_explicit_overrides(tm
 
 def test_paper_presets_follow_the_papers_equations():
     """Stage 1 is eq. 5 (GAN + GAN + cycle + L_sem: no identity loss) and stage 3 eq. 9 (the pseudo-label CE
-    alone), as loaded from the preset files; the toy preset keeps its own stage 1 and eq. 9 too."""
+    alone), as loaded from the preset files, trained by SGD on plain CE and unjittered images as DeepLab-v2; the toy
+    preset has its own recipe (README, "The toy recipe")."""
     for preset in ("paper", "paper-synthia"):
         cfg = load_config(preset)
-        assert cfg.stage1.lambda_identity == 0 and cfg.stage1.lambda_sem > 0
+        assert cfg.stage1.cir == "cyclegan" and cfg.stage1.lambda_identity == 0 and cfg.stage1.lambda_sem > 0
         assert cfg.stage3.source_weight == 0 and cfg.data.crop_size_wh == () and not cfg.data.cache_images
+        assert cfg.optim.optimizer == "sgd" and cfg.optim.class_balance == 0 and cfg.data.color_jitter == 0
+        assert cfg.stage3.lr == 0  # optim.lr
     toy = load_config("toy")
-    assert toy.stage3.source_weight == 0 and toy.stage1.lambda_identity > 0
+    assert toy.stage1.cir == "fda" and toy.stage3.source_weight == 1 and toy.optim.optimizer == "adamw"

@@ -11,7 +11,9 @@ from PIL import Image
 
 from cirn.train import datasets
 from cirn.train.config import DataConfig
-from cirn.train.datasets import (CityscapesDataset, GTA5Dataset, RandomCrop, SynthiaDataset, build_source_dataset,
+from cirn.train.augment import color_jitter, gaussian_blur
+from cirn.train.datasets import (CityscapesDataset, ColorJitter, GTA5Dataset, RandomCrop, SynthiaDataset,
+                                 build_source_dataset,
                                  build_target_dataset, build_train_dataset, build_val_dataset, denormalize,
                                  infinite_loader, normalize, normalize_tensor)
 from cirn.common.errors import CirnError
@@ -247,6 +249,43 @@ def test_training_sets_crop_and_cache_as_configured(cityscapes):
     val = build_val_dataset(cfg)
     assert val.cache and val[0]["image"].shape == (3, 8, 16)  # evaluation never crops
     assert not isinstance(build_train_dataset(dataclasses.replace(cfg, crop_size_wh=()), "target"), RandomCrop)
+
+
+def test_color_jitter_changes_colours_within_range_and_replays_from_its_seed():
+    image = torch.from_numpy(random_image(0)).permute(2, 0, 1).float()  # (3, H, W) RGB 0-255
+    assert color_jitter(image, np.random.default_rng(1), 0.0) is image  # strength 0: untouched
+    out = color_jitter(image, np.random.default_rng(1), 0.5)
+    assert out.shape == image.shape and out.min() >= 0 and out.max() <= 255
+    assert torch.equal(out, color_jitter(image, np.random.default_rng(1), 0.5))  # the same draw from the same seed
+    assert not torch.equal(out, color_jitter(image, np.random.default_rng(2), 0.5))
+    assert (out - image).abs().mean() > 1  # a real change
+
+
+def test_gaussian_blur_keeps_flat_images_and_spreads_an_impulse_symmetrically():
+    flat = torch.full((3, 9, 9), 100.0)
+    assert torch.allclose(gaussian_blur(flat, 1.0), flat)
+    impulse = torch.zeros(3, 9, 9)
+    impulse[:, 4, 4] = 1.0
+    blurred = gaussian_blur(impulse, 1.0)
+    assert blurred.sum().item() == pytest.approx(3.0, rel=1e-5)  # the kernel sums to 1 (no mass at the borders)
+    assert blurred[0, 4, 4] < 1 and torch.allclose(blurred[0], blurred[0].flip(0)) and torch.allclose(
+        blurred[0], blurred[0].T)
+
+
+def test_training_sets_jitter_the_source_only(cityscapes, tmp_path):
+    write_gta5(tmp_path / "gta5")
+    cfg = DataConfig(source="gta5", source_root=str(tmp_path / "gta5"), target="cityscapes",
+                     target_root=str(cityscapes), color_jitter=0.5)
+    source = build_train_dataset(cfg, "source")
+    assert isinstance(source, ColorJitter)
+    item, base = source[(0, 3)], source.dataset[(0, 3)]  # jittered, and the same item (flip included) without
+    assert torch.equal(item["label"], base["label"])  # labels untouched
+    assert not torch.equal(item["image"], base["image"])
+    assert torch.equal(item["image"], source[(0, 3)]["image"])  # replays from its key (exact resume)
+    # Stage 2's unlabelled target and the oracle's labelled one are trained on as the camera took them.
+    assert not isinstance(build_train_dataset(cfg, "target", with_labels=False), ColorJitter)
+    assert not isinstance(build_train_dataset(cfg, "target"), ColorJitter)
+    assert not isinstance(build_train_dataset(dataclasses.replace(cfg, color_jitter=0.0), "source"), ColorJitter)
 
 
 # ---------------------------------------------------------------- GTA5, SYNTHIA, intermediate

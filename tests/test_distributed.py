@@ -50,9 +50,13 @@ def _train(args, run_dir, processes, command="source-only", settings=SHORT_RUN):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("batchnorm, tolerance", [("frozen", EXACT_TOLERANCE), ("train", BATCHNORM_TOLERANCE)])
-def test_two_processes_follow_the_single_process_loss_curve(toy_args, tmp_path, batchnorm, tolerance):
-    args = [*toy_args, f"model.batchnorm={batchnorm}"]
+@pytest.mark.parametrize("batchnorm, tolerance, recipe", [
+    ("frozen", EXACT_TOLERANCE, ()), ("train", BATCHNORM_TOLERANCE, ()),
+    # The toy preset's recipe: class weights from the global batch's pixel counts, AdamW, jitter drawn per item key.
+    ("frozen", EXACT_TOLERANCE, ("optim.optimizer=adamw", "optim.lr=0.005", "optim.class_balance=0.5",
+                                 "data.color_jitter=0.5"))], ids=["frozen", "train", "frozen-toy-recipe"])
+def test_two_processes_follow_the_single_process_loss_curve(toy_args, tmp_path, batchnorm, tolerance, recipe):
+    args = [*toy_args, f"model.batchnorm={batchnorm}", *recipe]
     _train(args, tmp_path / "one", 1)
     two = _train(args, tmp_path / "two", 2)
     one_curve, two_curve = _losses(tmp_path / "one"), _losses(tmp_path / "two")

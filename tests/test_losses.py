@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from cirn.common.errors import CirnError
-from cirn.train.losses import (adversarial_loss, disagreement_map, discriminator_loss, gan_discriminator_loss,
-                               gan_loss, kld_regularizer, seg_loss, valid_pixels, weight_discrepancy, weighted_bce)
+from cirn.train.losses import (adversarial_loss, class_counts, class_weights, disagreement_map, discriminator_loss,
+                               gan_discriminator_loss, gan_loss, kld_regularizer, seg_loss, valid_pixels,
+                               weight_discrepancy, weighted_bce)
 
 
 def softplus(x):
@@ -39,6 +40,29 @@ def test_seg_loss_without_valid_pixels_is_zero_with_grad():
     assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_class_weights_by_hand():
+    labels = torch.tensor([[[0, 0, 255], [0, 1, 7]]])  # 3 pixels of class 0, 1 of class 1, none of 2; 7 is out of range
+    counts = class_counts(labels, 3)
+    assert counts.tolist() == [3.0, 1.0, 0.0]
+    # share 3/4 and 1/4 -> share ** -0.5 = 2/sqrt(3) and 2, scaled so that 3/4 * w0 + 1/4 * w1 = 1.
+    raw = [2 / math.sqrt(3), 2.0]
+    norm = 0.75 * raw[0] + 0.25 * raw[1]
+    assert class_weights(counts, 0.5).tolist() == pytest.approx([raw[0] / norm, raw[1] / norm, 0.0], rel=1e-6)
+    assert class_weights(counts, 0.0).tolist() == pytest.approx([1.0, 1.0, 0.0])  # power 0: plain CE's weights
+    assert class_weights(torch.zeros(3), 0.5).tolist() == [0.0, 0.0, 0.0]  # no labelled pixel: no weight, no NaN
+
+
+def test_weighted_seg_loss_sums_each_pixels_weighted_ce_over_the_valid_count():
+    logits = torch.tensor([[[[1.0, 0.0, 3.0]], [[0.0, 2.0, 0.0]]]])  # (1, 2, 1, 3)
+    labels = torch.tensor([[[0, 1, 255]]])
+    weight = torch.tensor([0.5, 1.5])
+    expected = (0.5 * math.log(1 + math.exp(-1)) + 1.5 * math.log(1 + math.exp(-2))) / 2
+    assert seg_loss(logits, labels, valid_pixels(labels), weight).item() == pytest.approx(expected, rel=1e-6)
+    # Weights that all equal 1 are plain CE.
+    assert seg_loss(logits, labels, valid_pixels(labels), torch.ones(2)).item() == pytest.approx(
+        seg_loss(logits, labels, valid_pixels(labels)).item(), rel=1e-6)
 
 
 def test_seg_loss_rejects_wrong_shapes():

@@ -45,14 +45,16 @@ def test_existing_run_is_not_overwritten(toy_args, tmp_path):
     assert again.exit_code == 2 and "--resume" in again.output
 
 
-def _smoke_cfg(toy_data, iterations):
+def _smoke_cfg(toy_data, iterations, overrides=()):
     return load_config("smoke", overrides=[
         f"data.source_root={toy_data / 'gta5'}", f"data.target_root={toy_data / 'cityscapes'}",
-        f"run.iterations={iterations}", "run.checkpoint_every=2", "run.eval_every=2"])
+        f"run.iterations={iterations}", "run.checkpoint_every=2", "run.eval_every=2", *overrides])
 
 
-def test_resume_matches_uninterrupted_run(toy_data, tmp_path, monkeypatch):
-    cfg = _smoke_cfg(toy_data, 4)
+@pytest.mark.parametrize("overrides", [(), ("optim.optimizer=adamw", "optim.lr=0.005", "optim.class_balance=0.5")],
+                         ids=["sgd", "adamw-balanced"])
+def test_resume_matches_uninterrupted_run(toy_data, tmp_path, monkeypatch, overrides):
+    cfg = _smoke_cfg(toy_data, 4, overrides)
     stage2.run(cfg, tmp_path / "full", quiet=True)
 
     real_save = engine.save_training_state
@@ -198,6 +200,19 @@ def test_warmup_poly_lr_and_ten_times_head_lr():
         engine.set_lr(opt, engine.poly_lr(optim.lr, iteration, 100, optim.power, optim.warmup))
         assert backbone["lr"] == pytest.approx(lr, rel=1e-7), iteration
         assert heads["lr"] == pytest.approx(10 * lr, rel=1e-7), iteration
+
+
+def test_adamw_keeps_the_param_groups_and_their_rates():
+    optim = load_config("smoke", overrides=["optim.optimizer=adamw", "optim.lr=0.004", "optim.head_lr_mult=2",
+                                            "optim.momentum=0.8", "optim.weight_decay=0.01"]).optim
+    model = create_model("tiny", num_classes=3, base_width=4)
+    opt = engine.seg_optimizer(model, optim)
+    assert isinstance(opt, torch.optim.AdamW)
+    backbone, heads = opt.param_groups
+    assert {id(p) for p in heads["params"]} == {id(p) for p in model.head_parameters()}
+    assert backbone["betas"] == (0.8, 0.999) and backbone["weight_decay"] == 0.01
+    engine.set_lr(opt, engine.poly_lr(optim.lr, 0, 100, optim.power, optim.warmup))
+    assert (backbone["lr"], heads["lr"]) == pytest.approx((0.004, 0.008))
 
 
 def test_adversarial_schedule_damps_and_preheats():

@@ -34,6 +34,7 @@ AMP_MODES = ("auto", "none", "bf16", "fp16")
 CIR_METHODS = ("cyclegan", "fda")
 GAN_MODES = ("lsgan", "vanilla")
 PSEUDO_LABEL_POLICIES = ("cbst", "fda")
+OPTIMIZERS = ("sgd", "adamw")
 MAX_ATTENTION = 8
 
 # Keys renamed since older runs: a saved config or checkpoint that uses the old name still loads (from_dict), while
@@ -104,6 +105,11 @@ class DataConfig:
     crop_size_wh: tuple = ()
     """[width, height] random crop of the resized training images and labels (each side at most the image's); []
     trains on whole images (the paper's protocol). Evaluation always sees whole images."""
+    color_jitter: float = 0.0
+    """Photometric augmentation of the labelled training images of the adaptation (source, intermediate domain,
+    stage 3's pseudo-labelled target; not stage 2's unlabelled target, not the oracle's labelled one): brightness,
+    contrast, saturation and channel gains within 1 +- this, blur and noise (augment.color_jitter); 0 = off (the
+    paper)."""
     cache_images: bool = False
     """Keep every decoded, resized image and label in memory after its first read (each DataLoader worker holds its
     own copy): the toy preset's 1,100 images take about 200 MB and then load without PNG decoding or resizing."""
@@ -116,6 +122,7 @@ class DataConfig:
         _check_choice("data.target", self.target, TARGETS)
         _check_choice("data.toy_look", self.toy_look, TOY_LOOKS)
         _check_choice("data.protocol", self.protocol, PROTOCOLS)
+        _check_number("data.color_jitter", self.color_jitter, 0, 0.9)
         _check_choice("data.bad_images", self.bad_images, BAD_IMAGE_POLICIES)
         _check_choice("data.bad_frames", self.bad_frames, BAD_FRAME_POLICIES)
         _check_int("data.frame_stride", self.frame_stride, 1)
@@ -173,13 +180,20 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    optimizer: str = "sgd"
+    """The segmentation network's optimizer: sgd (with momentum, as DeepLab-v2 and the paper) | adamw (decoupled
+    weight decay; the toy preset's, training from random weights)."""
     lr: float = 2.5e-4
-    """SGD learning rate of the backbone; poly-decayed."""
+    """Learning rate of the backbone; poly-decayed."""
     head_lr_mult: float = 10.0
     """Classifier heads train with this multiple of lr."""
     momentum: float = 0.9
-    """SGD momentum, in [0, 1)."""
+    """SGD momentum, in [0, 1) (adamw: its first beta)."""
     weight_decay: float = 5e-4
+    class_balance: float = 0.0
+    """Segmentation CE weighted per class by (the class's share of the batch's labelled pixels) ** -class_balance,
+    normalised to plain CE's scale (losses.class_weights); 0 = plain CE, as the paper. 0.5 lifts rare classes.
+    Stage 3 trains with plain CE: its pseudo labels are class-balanced by their per-class thresholds."""
     power: float = 0.9
     """Poly decay: lr * (1 - i / iterations) ** power."""
     warmup: int = 0
@@ -190,10 +204,12 @@ class OptimConfig:
     """Adam betas of the discriminator, each in [0, 1)."""
 
     def __post_init__(self):
+        _check_choice("optim.optimizer", self.optimizer, OPTIMIZERS)
         _check_number("optim.lr", self.lr, low=0, low_open=True)
         _check_number("optim.head_lr_mult", self.head_lr_mult, low=0, low_open=True)
         _check_number("optim.momentum", self.momentum, 0, 1, high_open=True)
         _check_number("optim.weight_decay", self.weight_decay, low=0)
+        _check_number("optim.class_balance", self.class_balance, 0, 1)
         _check_number("optim.power", self.power, low=0)
         _check_int("optim.warmup", self.warmup, 0)
         _check_number("optim.d_lr", self.d_lr, low=0, low_open=True)
@@ -340,6 +356,8 @@ class Stage3Config:
     """fda: thresholds are capped at this."""
     iterations: int = 0
     """Fine-tuning iterations per round (0 = run.iterations)."""
+    lr: float = 0.0
+    """Learning rate of the fine-tuning (poly-decayed, after optim.warmup); 0 = optim.lr."""
     source_weight: float = 1.0
     """Weight of the CE on the labelled source (the intermediate domain when given) trained alongside the pseudo
     labels, as CBST; 0 = pseudo labels only."""
@@ -353,6 +371,7 @@ class Stage3Config:
         _check_choice("stage3.policy", self.policy, PSEUDO_LABEL_POLICIES)
         _check_int("stage3.rounds", self.rounds, 1)
         _check_int("stage3.iterations", self.iterations, 0)
+        _check_number("stage3.lr", self.lr, low=0)
         _check_number("stage3.portion", self.portion, 0, 1, low_open=True)
         _check_number("stage3.portion_step", self.portion_step, 0, 1)
         _check_number("stage3.portion_max", self.portion_max, self.portion, 1)

@@ -18,6 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed
+from .augment import color_jitter
 from .labelmaps import BUILTIN as LABEL_MAPS, UncoveredTally, source_label_map, trainid_map
 from cirn.common.errors import CirnError
 from cirn.common.files import CITYSCAPES_IMAGE_SUFFIX, IMAGE_SUFFIXES
@@ -45,12 +46,16 @@ def normalize(image, mode="imagenet"):
     return normalize_tensor(image, mode)
 
 
-def denormalize(tensor, mode="imagenet"):
-    """Inverse of normalize: (3, H, W) or (B, 3, H, W) tensor -> (H, W, 3) or (B, H, W, 3) uint8 RGB numpy."""
-    x = tensor.detach().float().cpu()
+def unnormalize_tensor(x, mode):
+    """Inverse of normalize_tensor: (..., 3, H, W) in `mode`'s convention -> float RGB 0-255, not rounded."""
     bgr, scale, shift = _affine_tensors(mode, x)
     x = (x - shift) / scale
-    x = x.flip(-3) if bgr else x  # BGR -> RGB
+    return x.flip(-3) if bgr else x  # BGR -> RGB
+
+
+def denormalize(tensor, mode="imagenet"):
+    """Inverse of normalize: (3, H, W) or (B, 3, H, W) tensor -> (H, W, 3) or (B, H, W, 3) uint8 RGB numpy."""
+    x = unnormalize_tensor(tensor.detach().float().cpu(), mode)
     x = x.clamp(0, 255).round().to(torch.uint8)
     return x.movedim(-3, -1).numpy()
 
@@ -597,6 +602,30 @@ class RandomCrop(Dataset):
         return item
 
 
+class ColorJitter(Dataset):
+    """Another dataset's items with their image photometrically jittered (augment.color_jitter at `strength`),
+    labels untouched. Indexed with an (index, seed) key the draw comes from default_rng((seed, 2)): it replays
+    exactly on resume, whatever the number of workers."""
+
+    def __init__(self, dataset, strength, normalization):
+        self.dataset, self.strength, self.normalization = dataset, strength, normalization
+
+    @property
+    def skipped(self):
+        return self.dataset.skipped
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        item = dict(self.dataset[key])
+        seed = key[1] if isinstance(key, tuple) else int(torch.randint(2**62, ()))
+        rgb = unnormalize_tensor(item["image"], self.normalization)  # (3, H, W) float RGB 0-255
+        item["image"] = normalize_tensor(color_jitter(rgb, np.random.default_rng((seed, 2)), self.strength),
+                                         self.normalization)
+        return item
+
+
 def build_target_dataset(cfg_data, normalization="imagenet", with_labels=False, split="train", flip=None,
                          quiet=False):
     """Target training set: Cityscapes layout (train split; labelled only for the oracle), every image of a folder,
@@ -639,7 +668,13 @@ def build_train_dataset(cfg_data, domain, normalization="imagenet", with_labels=
     else:
         raise CirnError(f"unknown training domain {domain!r}: expected 'source', 'target' or 'pseudo'")
     dataset.bad_images = cfg_data.bad_images
-    return RandomCrop(dataset, cfg_data.crop_size_wh) if cfg_data.crop_size_wh else dataset
+    if cfg_data.crop_size_wh:
+        dataset = RandomCrop(dataset, cfg_data.crop_size_wh)
+    if cfg_data.color_jitter > 0 and domain != "target":
+        # The images a CE learns from in another domain's look than the one it is scored on (source, intermediate,
+        # pseudo-labelled target). Stage 2's unlabelled target and the oracle's labelled one stay as taken.
+        dataset = ColorJitter(dataset, cfg_data.color_jitter, normalization)
+    return dataset
 
 
 def build_val_dataset(cfg_data, normalization="imagenet", class_names=()):

@@ -133,13 +133,14 @@ def mean_losses(losses):
 
 
 def global_count(count):
-    """The mean over the processes of a per-process count (a tensor): the divisor that makes per-process means
-    average to the mean over the global batch. The count itself for a single process."""
+    """The mean over the processes of a per-process count (a tensor of any shape): the divisor that makes
+    per-process means average to the mean over the global batch, or a class-count vector of the global batch. The
+    count itself for a single process."""
     if not enabled():
         return count
-    total = count.detach().to(torch.float64).reshape(1)
+    total = count.detach().to(torch.float64).reshape(-1).clone()
     dist.all_reduce(total)
-    return (total / world_size()).to(count.dtype if count.is_floating_point() else torch.float32).reshape(())
+    return (total / world_size()).to(count.dtype if count.is_floating_point() else torch.float32).reshape(count.shape)
 
 
 def main_decides(value):

@@ -102,10 +102,14 @@ def poly_lr(base_lr, iteration, max_iter, power=0.9, warmup=0):
 
 
 def seg_optimizer(model, optim_cfg):
-    """SGD over the backbone, heads at head_lr_mult x lr (param group 1), as DeepLab-v2 trains."""
+    """optim.optimizer (SGD as DeepLab-v2 trains, or AdamW) over the backbone, heads at head_lr_mult x lr (param
+    group 1)."""
     groups = [{"params": [p for p in model.backbone_parameters() if p.requires_grad], "lr_mult": 1.0},
               {"params": [p for p in model.head_parameters() if p.requires_grad],
                "lr_mult": optim_cfg.head_lr_mult}]
+    if optim_cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=(optim_cfg.momentum, 0.999),
+                                 weight_decay=optim_cfg.weight_decay)
     return torch.optim.SGD(groups, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
                            weight_decay=optim_cfg.weight_decay)
 

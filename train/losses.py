@@ -26,8 +26,27 @@ def valid_pixels(labels):
     return (labels != IGNORE_INDEX).sum()
 
 
-def seg_loss(logits, labels, num_valid):
-    """(B, C, h, w) logits, (B, H, W) int64 labels (255 = ignore), scalar valid-pixel count -> scalar CE.
+def class_counts(labels, num_classes):
+    """(B, H, W) labels -> (num_classes,) float count of each class's labelled pixels (ignore and out-of-range ids
+    left out)."""
+    ids = labels[(labels != IGNORE_INDEX) & (labels < num_classes)]
+    return torch.bincount(ids.flatten(), minlength=num_classes).float()
+
+
+def class_weights(counts, power):
+    """(C,) labelled-pixel counts of a batch -> (C,) CE weights share_c ** -power, scaled so that
+    sum_c share_c * w_c = 1: the weighted CE keeps plain CE's scale while a class with 1% of the pixels counts
+    10x one with 100% (power 0.5). A class absent from the batch gets 0 (it has no pixel to weigh)."""
+    share = counts / counts.sum().clamp(min=1)
+    present = share > 0
+    weights = torch.zeros_like(share)
+    weights[present] = share[present] ** -power
+    return weights / (share * weights).sum().clamp(min=1e-12)
+
+
+def seg_loss(logits, labels, num_valid, weight=None):
+    """(B, C, h, w) logits, (B, H, W) int64 labels (255 = ignore), scalar valid-pixel count -> scalar CE;
+    `weight`: optional (C,) per-class weights (class_weights).
 
     The summed CE over the valid pixels divided by `num_valid`: valid_pixels(labels) gives the mean; under torchrun
     the mean count of the processes makes the averaged gradients those of the mean over the whole global batch,
@@ -35,7 +54,8 @@ def seg_loss(logits, labels, num_valid):
     assert logits.dim() == 4 and labels.dim() == 3, f"{tuple(logits.shape)} logits, {tuple(labels.shape)} labels"
     assert logits.shape[0] == labels.shape[0], f"batch {logits.shape[0]} logits vs {labels.shape[0]} labels"
     logits = upsample(logits, labels.shape[-2:])
-    total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    weight = None if weight is None else weight.to(logits.dtype)
+    total = F.cross_entropy(logits, labels, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum")
     # A crop with no labelled pixel gives 0 (still attached to the graph) instead of mean CE's 0/0 = NaN.
     return total / torch.as_tensor(num_valid, dtype=total.dtype).clamp(min=1)
 

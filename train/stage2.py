@@ -12,6 +12,7 @@ from .engine import (autocast, grad_scaler, on_device, poly_lr, prepare_run_dir,
                      seed_everything, seg_optimizer, set_lr, train_loop, make_keeper)
 from .losses import adversarial_loss, disagreement_map, discriminator_loss, seg_loss, valid_pixels, weight_discrepancy
 from .models import build_discriminator, build_model, upsample
+from .supervised import seg_class_weights
 
 
 def adversarial_schedule(iteration, iterations, damp, preheat):
@@ -25,7 +26,7 @@ def adversarial_schedule(iteration, iterations, damp, preheat):
 
 
 def train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_trg, adapt, damping, preheat,
-               amp_ctx, scaler):
+               amp_ctx, scaler, class_balance=0.0):
     """One ADVENT-ordered step: freeze D; seg + adversarial + discrepancy; unfreeze D; D on source and target."""
     for p in disc.parameters():
         p.requires_grad_(False)
@@ -35,7 +36,8 @@ def train_step(model, disc, opt_seg, opt_disc, images_src, labels_src, images_tr
     with amp_ctx:
         out_src = model(images_src)
     logits_src = out_src.fused.float()  # (B, C, h, w)
-    loss_seg_src = seg_loss(logits_src, labels_src, global_count(valid_pixels(labels_src)))
+    loss_seg_src = seg_loss(logits_src, labels_src, global_count(valid_pixels(labels_src)),
+                            seg_class_weights(labels_src, logits_src.shape[1], class_balance))
     loss_discrepancy = adapt.lambda_weight * damping * weight_discrepancy(model.classifier_c, model.classifier_acm)
     scaler.scale(loss_seg_src + loss_discrepancy).backward()
 
@@ -98,7 +100,7 @@ def run(cfg, run_dir, resume=False, quiet=False):
                           batch_src["image"].to(device, non_blocking=True),
                           batch_src["label"].to(device, non_blocking=True),
                           batch_trg["image"].to(device, non_blocking=True), cfg.adapt, damping, preheat, amp_ctx,
-                          scaler)
+                          scaler, cfg.optim.class_balance)
 
     modules = {"model": model, "disc": disc, "opt_seg": opt_seg, "opt_disc": opt_disc, "scaler": scaler}
     extras = {"batches_src": batches_src, "batches_trg": batches_trg}

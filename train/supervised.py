@@ -8,30 +8,44 @@ from .checkpoint import init_from_checkpoint
 from .engine import (autocast, grad_scaler, on_device, poly_lr, prepare_run_dir, resolve_device,
                      seed_everything, seg_optimizer, set_lr, train_loop, make_keeper)
 from .labelmaps import class_set
-from .losses import kld_regularizer, seg_loss, valid_pixels
+from .losses import class_counts, class_weights, kld_regularizer, seg_loss, valid_pixels
 from .models import build_model
 
 
-def train_step(model, optimizer, images, labels, amp_ctx, scaler, batch_src=None, kld_weight=0.0):
-    """One SGD step on a labelled batch; returns the named losses as 0-dim tensors. batch_src: (images, labels,
-    weight) of a batch of the labelled source (the intermediate domain when set) whose CE is added with that weight
-    (loss_seg_src: stage 3's CBST-style source term beside the pseudo labels). kld_weight > 0 adds CRST's MR-KLD
-    regulariser on the first batch's labelled pixels (loss_kld)."""
+def seg_class_weights(labels, num_classes, class_balance):
+    """optim.class_balance's (num_classes,) CE weights of a labelled batch (of the global batch under torchrun), or
+    None at 0 (plain CE)."""
+    if class_balance <= 0:
+        return None
+    return class_weights(global_count(class_counts(labels, num_classes)), class_balance)
+
+
+def train_step(model, optimizer, images, labels, amp_ctx, scaler, batch_src=None, kld_weight=0.0,
+               class_balance=0.0):
+    """One optimizer step on a labelled batch; returns the named losses as 0-dim tensors. batch_src: (images,
+    labels, weight) of a batch of the labelled source (the intermediate domain when set) whose CE is added with that
+    weight (loss_seg_src: stage 3's CBST-style source term beside the pseudo labels). kld_weight > 0 adds CRST's
+    MR-KLD regulariser on the first batch's labelled pixels (loss_kld). class_balance > 0 weighs each CE per class
+    (seg_class_weights)."""
     def fused_logits(batch_images):
         with amp_ctx:
             out = model(batch_images)
         return out.fused.float()  # (B, C, h, w)
 
+    def ce(batch_logits, batch_labels):
+        weight = seg_class_weights(batch_labels, batch_logits.shape[1], class_balance)
+        return seg_loss(batch_logits, batch_labels, global_count(valid_pixels(batch_labels)), weight)
+
     logits = fused_logits(images)
     num_valid = global_count(valid_pixels(labels))  # under torchrun, the mean over the processes
-    loss_seg = seg_loss(logits, labels, num_valid)
+    loss_seg = ce(logits, labels)
     losses, total = {"loss_seg": loss_seg}, loss_seg
     if kld_weight > 0:
         losses["loss_kld"] = kld_regularizer(logits, labels, num_valid)
         total = total + kld_weight * losses["loss_kld"]
     if batch_src is not None:
         images_src, labels_src, weight_src = batch_src
-        losses["loss_seg_src"] = seg_loss(fused_logits(images_src), labels_src, global_count(valid_pixels(labels_src)))
+        losses["loss_seg_src"] = ce(fused_logits(images_src), labels_src)
         total = total + weight_src * losses["loss_seg_src"]
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(total).backward()
@@ -75,7 +89,8 @@ def run(cfg, run_dir, domain="source", resume=False, quiet=False, init=None, sou
         if source is not None:
             batch_src = (source["image"].to(device, non_blocking=True),
                          source["label"].to(device, non_blocking=True), source_weight)
-        return train_step(model, optimizer, images, labels, amp_ctx, scaler, batch_src, kld_weight)
+        return train_step(model, optimizer, images, labels, amp_ctx, scaler, batch_src, kld_weight,
+                          cfg.optim.class_balance)
 
     def next_batches():
         return next(batches), (next(extras["batches_source"]) if source_weight > 0 else None)
