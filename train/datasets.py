@@ -671,8 +671,8 @@ def build_train_dataset(cfg_data, domain, normalization="imagenet", with_labels=
     if cfg_data.crop_size_wh:
         dataset = RandomCrop(dataset, cfg_data.crop_size_wh)
     if cfg_data.color_jitter > 0 and domain != "target":
-        # The images a CE learns from in another domain's look than the one it is scored on (source, intermediate,
-        # pseudo-labelled target). Stage 2's unlabelled target and the oracle's labelled one stay as taken.
+        # The labelled images of the adaptation (source, intermediate, pseudo-labelled target): a look drawn anew
+        # each time. Stage 2's unlabelled target and the oracle's labelled one stay as taken.
         dataset = ColorJitter(dataset, cfg_data.color_jitter, normalization)
     return dataset
 
