@@ -570,16 +570,15 @@ def build_source_dataset(cfg_data, normalization="imagenet", intermediate=True, 
     return dataset
 
 
-class RandomCrop(Dataset):
-    """Random (width, height) crops of another dataset's items (image and, if present, label); an image no larger
-    than the crop along a side keeps that side whole.
+class _ItemTransform(Dataset):
+    """Another dataset's items, each changed by `transform(item, rng)`. Indexed with an (index, seed) key, as
+    InfiniteLoader does, rng is default_rng((seed, stream)), apart from the flip's default_rng(seed) and the other
+    transforms' streams: the draws replay exactly on resume, whatever the number of workers."""
 
-    Indexed with an (index, seed) key, as InfiniteLoader does, the offsets come from default_rng((seed, 1)), apart
-    from the flip's default_rng(seed): crops replay exactly on resume, whatever the number of workers.
-    """
+    stream = 0
 
-    def __init__(self, dataset, size_wh):
-        self.dataset, self.size_wh = dataset, tuple(size_wh)
+    def __init__(self, dataset):
+        self.dataset = dataset
 
     @property
     def skipped(self):
@@ -591,7 +590,20 @@ class RandomCrop(Dataset):
     def __getitem__(self, key):
         item = dict(self.dataset[key])
         seed = key[1] if isinstance(key, tuple) else int(torch.randint(2**62, ()))
-        rng = np.random.default_rng((seed, 1))
+        return self.transform(item, np.random.default_rng((seed, self.stream)))
+
+
+class RandomCrop(_ItemTransform):
+    """Random (width, height) crops of another dataset's items (image and, if present, label); an image no larger
+    than the crop along a side keeps that side whole. Offsets from stream 1 (_ItemTransform)."""
+
+    stream = 1
+
+    def __init__(self, dataset, size_wh):
+        super().__init__(dataset)
+        self.size_wh = tuple(size_wh)
+
+    def transform(self, item, rng):
         height, width = item["image"].shape[-2:]
         crop_w, crop_h = min(self.size_wh[0], width), min(self.size_wh[1], height)
         top = int(rng.integers(height - crop_h + 1))
@@ -602,27 +614,19 @@ class RandomCrop(Dataset):
         return item
 
 
-class ColorJitter(Dataset):
+class ColorJitter(_ItemTransform):
     """Another dataset's items with their image photometrically jittered (augment.color_jitter at `strength`),
-    labels untouched. Indexed with an (index, seed) key the draw comes from default_rng((seed, 2)): it replays
-    exactly on resume, whatever the number of workers."""
+    labels untouched. Draws from stream 2 (_ItemTransform)."""
+
+    stream = 2
 
     def __init__(self, dataset, strength, normalization):
-        self.dataset, self.strength, self.normalization = dataset, strength, normalization
+        super().__init__(dataset)
+        self.strength, self.normalization = strength, normalization
 
-    @property
-    def skipped(self):
-        return self.dataset.skipped
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        item = dict(self.dataset[key])
-        seed = key[1] if isinstance(key, tuple) else int(torch.randint(2**62, ()))
+    def transform(self, item, rng):
         rgb = unnormalize_tensor(item["image"], self.normalization)  # (3, H, W) float RGB 0-255
-        item["image"] = normalize_tensor(color_jitter(rgb, np.random.default_rng((seed, 2)), self.strength),
-                                         self.normalization)
+        item["image"] = normalize_tensor(color_jitter(rgb, rng, self.strength), self.normalization)
         return item
 
 

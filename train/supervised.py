@@ -32,20 +32,20 @@ def train_step(model, optimizer, images, labels, amp_ctx, scaler, batch_src=None
             out = model(batch_images)
         return out.fused.float()  # (B, C, h, w)
 
-    def ce(batch_logits, batch_labels):
+    def ce(batch_logits, batch_labels, num_valid):
         weight = seg_class_weights(batch_labels, batch_logits.shape[1], class_balance)
-        return seg_loss(batch_logits, batch_labels, global_count(valid_pixels(batch_labels)), weight)
+        return seg_loss(batch_logits, batch_labels, num_valid, weight)
 
     logits = fused_logits(images)
     num_valid = global_count(valid_pixels(labels))  # under torchrun, the mean over the processes
-    loss_seg = ce(logits, labels)
+    loss_seg = ce(logits, labels, num_valid)
     losses, total = {"loss_seg": loss_seg}, loss_seg
     if kld_weight > 0:
         losses["loss_kld"] = kld_regularizer(logits, labels, num_valid)
         total = total + kld_weight * losses["loss_kld"]
     if batch_src is not None:
         images_src, labels_src, weight_src = batch_src
-        losses["loss_seg_src"] = ce(fused_logits(images_src), labels_src)
+        losses["loss_seg_src"] = ce(fused_logits(images_src), labels_src, global_count(valid_pixels(labels_src)))
         total = total + weight_src * losses["loss_seg_src"]
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(total).backward()
