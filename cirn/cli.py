@@ -246,7 +246,8 @@ def train_describe(name, num_classes, num_attention, height, width):
                                    "loss of a frozen source-only model and translate the source (--cir cyclegan), "
                                    "or translate with FDA, no training (--cir fda).")
 @click.option("--cir", type=click.Choice(CIR_METHODS), default=None,
-              help="How to build the intermediate domain [preset's: cyclegan].")
+              help="How to build the intermediate domain [the preset's stage1.cir: fda in toy, cyclegan in the "
+                   "paper presets].")
 @click.option("--beta", type=float, default=None, help="FDA low-frequency band, fraction of min(h, w) [0.01].")
 @click.option("--seg-model", type=click.Path(dir_okay=False), default=None,
               help="Source-only segmentation checkpoint (best.pt of `cirn-train source-only`): the frozen f_S.")
