@@ -32,7 +32,7 @@ def bench():
     try:
         yield {name: importlib.import_module(name) for name in ("variants", "measure", "report", "run_latency",
                                                                 "run_accuracy", "pseudo_labels", "so_collapse",
-                                                                "selection", "frame_cache")}
+                                                                "selection", "frame_cache", "table4_seeds")}
     finally:
         sys.path.remove(str(BENCHMARKS))
 
@@ -246,3 +246,22 @@ def test_frame_cache_times_both_ways_over_the_same_frames(bench, tmp_path, monke
     figures = bench["frame_cache"].main([str(video), "--stride", "2", "--draws", "5"])
     assert figures["frames"] == 4 and min(figures["png_ms"], figures["seek_ms"], figures["decode_ms_per_frame"]) > 0
     assert not (tmp_path / "data").exists()
+
+
+def test_table4_seeds_pairs_the_orderings_by_seed(bench, tmp_path):
+    """Three runs where CIR beats SO at every seed by more than the spread, and ASS+ST loses to ASS at one seed."""
+    table = bench["table4_seeds"]
+    base = {"SO": 20.0, "CIR": 24.0, "ASS": 25.0, "CIR+ASS": 26.0, "ASS+ST": 26.0, "CIR+ASS+ST": 27.0}
+    for seed, (so, ass_st) in enumerate([(20.0, 26.0), (21.0, 24.0), (22.0, 26.5)]):
+        rows = {row: {"miou": v} for row, v in {**base, "SO": so, "ASS+ST": ass_st}.items()}
+        (tmp_path / f"s{seed}").mkdir()
+        (tmp_path / f"s{seed}" / "ablation.json").write_text(json.dumps({"labelled": True, "rows": rows}))
+    summary = table.main([str(tmp_path / f"s{k}") for k in range(3)] + ["--json", str(tmp_path / "t.json")])
+    assert summary["rows"]["SO"]["mean"] == pytest.approx(21.0) and summary["rows"]["SO"]["std"] == pytest.approx(1.0)
+    so_cir = summary["orderings"]["SO < CIR"]
+    assert so_cir["gains"] == [4.0, 3.0, 2.0] and so_cir["every_seed"] and so_cir["above_spread"]
+    ass_st = summary["orderings"]["ASS < ASS+ST"]
+    assert ass_st["gains"] == [1.0, -1.0, 1.5] and not ass_st["every_seed"] and not ass_st["above_spread"]
+    assert json.loads((tmp_path / "t.json").read_text())["orderings"]["SO < CIR"]["mean"] == pytest.approx(3.0)
+    with pytest.raises(SystemExit, match="error: .*missing.*ablation.json does not exist"):
+        table.main([str(tmp_path / "missing")])

@@ -82,7 +82,7 @@ def test_a_global_batch_that_does_not_split_is_an_error(monkeypatch):
 
 @pytest.mark.slow
 def test_every_stage_runs_under_torchrun(toy_args, tmp_path):
-    """all-stages (SO, stage 1 CycleGAN + translation, CIR, ASS, CIR+ASS, stage 3 pseudo labels) with 2 processes:
+    """all-stages (pretrain, SO, stage 1 CycleGAN + translation, CIR, ASS, CIR+ASS, stage 3 pseudo labels) with 2 processes:
     process 0 writes each shared file once and the others read it back; re-running skips every finished step."""
     out = tmp_path / "two"
     two = _train(toy_args, out, 2, "all-stages", ["run.batch_size=2", "run.device=cpu"])
@@ -94,4 +94,4 @@ def test_every_stage_runs_under_torchrun(toy_args, tmp_path):
     assert json.loads((out / "cir-ass-st" / "round1" / "pseudo" / "summary.json").read_text())
     assert not list(out.rglob(".*.tmp*"))
     again = _train(toy_args, out, 2, "all-stages", ["run.batch_size=2", "run.device=cpu"])
-    assert again.stdout.count("already finished") == 7
+    assert again.stdout.count("already finished") == 8

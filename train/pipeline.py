@@ -1,15 +1,17 @@
 """`cirn-train all-stages`: the whole method end to end, and the paper's Table 4 for the data it ran on.
 
-source-only (SO, also the frozen f_S of stage 1) -> stage 1 (intermediate domain) -> CIR (SO on the intermediate
-domain) -> ASS (stage 2 from the source) -> CIR+ASS (stage 2 from the intermediate domain) -> ASS+ST (stage 3 on
-the ASS model, from the source) -> CIR+ASS+ST (stage 3 on the CIR+ASS model): the six rows of the paper's Table 4.
+[pretrain, without ImageNet weights] -> source-only (SO, also the frozen f_S of stage 1) -> stage 1 (intermediate
+domain) -> CIR (SO on the intermediate domain) -> ASS (stage 2 from the source) -> CIR+ASS (stage 2 from the
+intermediate domain) -> ASS+ST (stage 3 on the ASS model, from the source) -> CIR+ASS+ST (stage 3 on the CIR+ASS
+model): the six rows of the paper's Table 4.
 Each step runs in its own folder under the output and is skipped when already finished, so re-running resumes by
 stage; an interrupted step continues from its last checkpoint.
 
 Every step of the paper starts from ImageNet features (model.pretrained). Without pretrained weights (the toy:
-model.pretrained='') CIR, ASS and CIR+ASS start from the backbone of the SO step instead, with new classifiers: the
-stand-in for ImageNet features. From random weights, stage 2's adversarial and discrepancy terms compete with a
-network that has yet to learn features, and on the toy its gain over CIR did not hold for every seed.
+model.pretrained='') a pretrain step first trains on the labelled source from random weights, and SO, CIR, ASS and
+CIR+ASS all start from its backbone, with new classifiers: the stand-in for ImageNet features. Every row then trains
+as long from the same start, so the table compares the methods, not their lengths. (From random weights, stage 2's
+adversarial and discrepancy terms compete with a network that has yet to learn features.)
 """
 import dataclasses
 import json
@@ -67,9 +69,15 @@ def run(cfg, out, quiet=False):
     """Run every stage into `out`, skipping finished steps and continuing interrupted ones from their checkpoints;
     returns the ablation dict (also written to out/ablation.json)."""
     out = Path(out)  # created by the first step, once its data is open: a failing start leaves nothing behind
-    runs = {"SO": out / "source-only", "stage1": out / "stage1", "CIR": out / "cir", "ASS": out / "ass",
-            "CIR+ASS": out / "cir-ass", "ASS+ST": out / "ass-st", "CIR+ASS+ST": out / "cir-ass-st"}
+    runs = {"pretrain": out / "pretrain", "SO": out / "source-only", "stage1": out / "stage1", "CIR": out / "cir",
+            "ASS": out / "ass", "CIR+ASS": out / "cir-ass", "ASS+ST": out / "ass-st", "CIR+ASS+ST": out / "cir-ass-st"}
 
+    if not cfg.model.pretrained:
+        _step("pretrain (source only, from random weights: the stand-in for ImageNet features)", runs["pretrain"],
+              lambda resume: supervised.run(cfg, runs["pretrain"], domain="source", resume=resume, quiet=quiet))
+        _say("[all-stages] no pretrained weights (model.pretrained=''): SO, CIR, ASS and CIR+ASS start from the "
+             "backbone of the pretrain step")
+        cfg = _with(cfg, model={"pretrained": str(runs["pretrain"] / "best.pt")})
     _step("SO (source only)", runs["SO"],
           lambda resume: supervised.run(cfg, runs["SO"], domain="source", resume=resume, quiet=quiet))
     intermediate = runs["stage1"] / "intermediate"
@@ -80,10 +88,6 @@ def run(cfg, out, quiet=False):
         cfg_s1 = _with(cfg, stage1={"seg_checkpoint": str(runs["SO"] / "best.pt")})
         stage1.run(cfg_s1, runs["stage1"], resume=distributed.main_decides(has_checkpoint(runs["stage1"])),
                    quiet=quiet)
-    if not cfg.model.pretrained:
-        _say("[all-stages] no pretrained weights (model.pretrained=''): CIR, ASS and CIR+ASS start from the "
-             "backbone of the SO step")
-        cfg = _with(cfg, model={"pretrained": str(runs["SO"] / "best.pt")})
     cfg_int = _with(cfg, data={"intermediate_root": str(intermediate)})
     _step("CIR (source only on the intermediate domain)", runs["CIR"],
           lambda resume: supervised.run(cfg_int, runs["CIR"], domain="source", resume=resume, quiet=quiet))
