@@ -265,3 +265,29 @@ def test_discriminator_is_frozen_during_the_segmentation_update(monkeypatch):
         assert torch.equal(before, p.grad)
     assert all(p.grad is not None for p in disc.parameters())
     assert any(not torch.equal(a, p) for a, p in zip(disc_before, disc.parameters()))  # D stepped in its own update
+
+
+def test_stage3_step_weighs_the_source_term_by_its_own_class_balance():
+    """Stage 3's step: the pseudo labels' CE plain (CBST's thresholds balance them), the source CE beside them
+    weighted per class as the earlier stages trained (its class_balance), so rare classes keep their weight."""
+    from cirn.train import supervised
+    from cirn.train.losses import class_counts, class_weights, seg_loss, valid_pixels
+    torch.manual_seed(0)
+    model = create_model("tiny", num_classes=3, base_width=4).eval()  # eval: BatchNorm fixed, forwards repeatable
+    images, images_src = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    labels = torch.randint(0, 3, (2, 32, 32))
+    labels_src = torch.zeros(2, 32, 32, dtype=torch.long)
+    labels_src[:, :2] = 1  # class 1 rare on the source, class 2 absent
+    with torch.no_grad():
+        logits, logits_src = model(images).fused, model(images_src).fused
+    plain = seg_loss(logits, labels, valid_pixels(labels))
+    weights = class_weights(class_counts(labels_src, 3), 0.5)
+    balanced = seg_loss(logits_src, labels_src, valid_pixels(labels_src), weights)
+    assert not math.isclose(float(balanced), float(seg_loss(logits_src, labels_src, valid_pixels(labels_src))),
+                            rel_tol=1e-3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    losses = supervised.train_step(model, optimizer, images, labels, torch.autocast("cpu", enabled=False), scaler,
+                                   (images_src, labels_src, 1.0, 0.5), class_balance=0.0)
+    assert float(losses["loss_seg"]) == pytest.approx(float(plain), rel=1e-5)
+    assert float(losses["loss_seg_src"]) == pytest.approx(float(balanced), rel=1e-5)

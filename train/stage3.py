@@ -186,12 +186,13 @@ def run(cfg, run_dir, init, resume=False, quiet=False):
                                               target_list=str(image_list) if image_list.exists() else
                                               cfg.data.target_list),
                 run=dataclasses.replace(cfg.run, iterations=s3.iterations or cfg.run.iterations),
-                # CBST's per-class thresholds already balance the pseudo labels' classes: plain CE on them (and on
-                # the source beside them), whatever optim.class_balance the earlier stages trained with.
+                # CBST's per-class thresholds already balance the pseudo labels' classes: plain CE on them. The
+                # source beside them keeps the class balance the earlier stages trained with (optim.class_balance).
                 optim=dataclasses.replace(cfg.optim, lr=s3.lr or cfg.optim.lr, class_balance=0.0))
             in_progress = distributed.main_decides(has_checkpoint(round_dir))
             summary = supervised.run(round_cfg, round_dir, domain="pseudo", resume=resume and in_progress,
                                      quiet=quiet, init=model_path, source_weight=s3.source_weight,
+                                     source_class_balance=cfg.optim.class_balance,
                                      kld_weight=s3.kld_weight)
         summaries.append({"round": r + 1, "pseudo_labelled_share": pseudo["labelled_share"], **summary})
         model_path = round_dir / "best.pt"

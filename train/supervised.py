@@ -23,29 +23,30 @@ def seg_class_weights(labels, num_classes, class_balance):
 def train_step(model, optimizer, images, labels, amp_ctx, scaler, batch_src=None, kld_weight=0.0,
                class_balance=0.0):
     """One optimizer step on a labelled batch; returns the named losses as 0-dim tensors. batch_src: (images,
-    labels, weight) of a batch of the labelled source (the intermediate domain when set) whose CE is added with that
-    weight (loss_seg_src: stage 3's CBST-style source term beside the pseudo labels). kld_weight > 0 adds CRST's
-    MR-KLD regulariser on the first batch's labelled pixels (loss_kld). class_balance > 0 weighs each CE per class
-    (seg_class_weights)."""
+    labels, weight, class_balance) of a batch of the labelled source (the intermediate domain when set) whose CE,
+    weighted per class by its own class_balance, is added with that weight (loss_seg_src: stage 3's CBST-style source
+    term beside the pseudo labels). kld_weight > 0 adds CRST's MR-KLD regulariser on the first batch's labelled pixels
+    (loss_kld). class_balance > 0 weighs the first batch's CE per class (seg_class_weights)."""
     def fused_logits(batch_images):
         with amp_ctx:
             out = model(batch_images)
         return out.fused.float()  # (B, C, h, w)
 
-    def ce(batch_logits, batch_labels, num_valid):
-        weight = seg_class_weights(batch_labels, batch_logits.shape[1], class_balance)
+    def ce(batch_logits, batch_labels, num_valid, balance):
+        weight = seg_class_weights(batch_labels, batch_logits.shape[1], balance)
         return seg_loss(batch_logits, batch_labels, num_valid, weight)
 
     logits = fused_logits(images)
     num_valid = global_count(valid_pixels(labels))  # under torchrun, the mean over the processes
-    loss_seg = ce(logits, labels, num_valid)
+    loss_seg = ce(logits, labels, num_valid, class_balance)
     losses, total = {"loss_seg": loss_seg}, loss_seg
     if kld_weight > 0:
         losses["loss_kld"] = kld_regularizer(logits, labels, num_valid)
         total = total + kld_weight * losses["loss_kld"]
     if batch_src is not None:
-        images_src, labels_src, weight_src = batch_src
-        losses["loss_seg_src"] = ce(fused_logits(images_src), labels_src, global_count(valid_pixels(labels_src)))
+        images_src, labels_src, weight_src, balance_src = batch_src
+        losses["loss_seg_src"] = ce(fused_logits(images_src), labels_src, global_count(valid_pixels(labels_src)),
+                                    balance_src)
         total = total + weight_src * losses["loss_seg_src"]
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(total).backward()
@@ -55,11 +56,12 @@ def train_step(model, optimizer, images, labels, amp_ctx, scaler, batch_src=None
     return {key: value.detach() for key, value in losses.items()}  # read by train_loop at its log steps
 
 
-def run(cfg, run_dir, domain="source", resume=False, quiet=False, init=None, source_weight=0.0, kld_weight=0.0):
+def run(cfg, run_dir, domain="source", resume=False, quiet=False, init=None, source_weight=0.0, kld_weight=0.0,
+        source_class_balance=0.0):
     """Train on labelled `domain` ('source'; 'target' for the oracle; 'pseudo' for stage 3's pseudo labels),
     from `init` (an earlier stage's checkpoint) when given, adding the labelled source (intermediate domain when
-    set) CE with `source_weight` when > 0 and MR-KLD on `domain`'s labelled pixels with `kld_weight`; returns the
-    run summary."""
+    set) CE with `source_weight` when > 0 (weighted per class by `source_class_balance`; `domain`'s CE by
+    optim.class_balance) and MR-KLD on `domain`'s labelled pixels with `kld_weight`; returns the run summary."""
     run_dir = prepare_run_dir(run_dir, resume)
     device = resolve_device(cfg.run.device)
     seed_everything(cfg.run.seed)
@@ -88,7 +90,7 @@ def run(cfg, run_dir, domain="source", resume=False, quiet=False, init=None, sou
         batch_src = None
         if source is not None:
             batch_src = (source["image"].to(device, non_blocking=True),
-                         source["label"].to(device, non_blocking=True), source_weight)
+                         source["label"].to(device, non_blocking=True), source_weight, source_class_balance)
         return train_step(model, optimizer, images, labels, amp_ctx, scaler, batch_src, kld_weight,
                           cfg.optim.class_balance)
 
