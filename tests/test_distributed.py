@@ -82,8 +82,9 @@ def test_a_global_batch_that_does_not_split_is_an_error(monkeypatch):
 
 @pytest.mark.slow
 def test_every_stage_runs_under_torchrun(toy_args, tmp_path):
-    """all-stages (pretrain, SO, stage 1 CycleGAN + translation, CIR, ASS, CIR+ASS, stage 3 pseudo labels) with 2 processes:
-    process 0 writes each shared file once and the others read it back; re-running skips every finished step."""
+    """all-stages (pretrain, SO, stage 1 CycleGAN + translation, CIR, ASS, CIR+ASS, stage 3 pseudo labels) with 2
+    processes: process 0 writes each shared file once and the others read it back; re-running skips every finished
+    step."""
     out = tmp_path / "two"
     two = _train(toy_args, out, 2, "all-stages", ["run.batch_size=2", "run.device=cpu"])
     assert two.stdout.count("CIR+ASS+ST") == 2  # the table, printed by process 0 only (header row + its row)

@@ -156,8 +156,8 @@ class ModelConfig:
     """K, attention modules in the ACM (0 = ACM is a plain second classifier)."""
     pretrained: str = ""
     """Backbone init: '' (random), 'imagenet' (torchvision weights, needs them cached) or a file path (torchvision
-    or DeepLab-init weights, or a cirn checkpoint: its backbone). all-stages with '' first runs a pretrain step on the source and starts
-    SO, CIR, ASS and CIR+ASS from its backbone."""
+    or DeepLab-init weights, or a cirn checkpoint: its backbone). all-stages with '' first runs a pretrain step on
+    the source and starts SO, CIR, ASS and CIR+ASS from its backbone."""
     width: int = 16
     """Base channel width of the tiny model (ignored by the others)."""
     batchnorm: str = "auto"
