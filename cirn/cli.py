@@ -220,7 +220,9 @@ def train_stage3(init, intermediate, preset, config_file, overrides, out, resume
 
 @train_main.command("all-stages", help="The whole method: source-only, stage 1, CIR, ASS, CIR+ASS, ASS+ST, CIR+ASS+ST; "
                                         "ends with the paper's Table 4 (ablation.json, a bar chart, example grids). "
-                                        "Re-running skips finished stages.")
+                                        "Without ImageNet weights (model.pretrained='', the toy) a pretrain step on "
+                                        "the source comes first, and SO, CIR, ASS and CIR+ASS start from its "
+                                        "backbone. Re-running skips finished stages.")
 @run_options
 @user_errors
 def train_all_stages(preset, config_file, overrides, out, resume, quiet, **data):
