@@ -9,7 +9,6 @@ gain counts as larger than the seed spread when the mean gain exceeds the larger
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -80,4 +79,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()
