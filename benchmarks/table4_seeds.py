@@ -27,10 +27,10 @@ def read_runs(folders):
     for folder in folders:
         path = Path(folder) / "ablation.json"
         if not path.is_file():
-            raise SystemExit(f"error: {path} does not exist: give the output folders of cirn-train all-stages runs")
+            raise ValueError(f"{path} does not exist: give the output folders of cirn-train all-stages runs")
         ablation = json.loads(path.read_text())
         if not ablation.get("labelled", True):
-            raise SystemExit(f"error: {path} has no mIoU (its target has no labels): give labelled runs")
+            raise ValueError(f"{path} has no mIoU (its target has no labels): give labelled runs")
         runs[str(folder)] = {row: ablation["rows"][row]["miou"] for row in ROWS}
     return runs
 
@@ -71,7 +71,11 @@ def main(argv=None):
     parser.add_argument("runs", nargs="+", help="output folders of cirn-train all-stages (one per seed)")
     parser.add_argument("--json", default=None, help="write the figures here")
     args = parser.parse_args(argv)
-    summary = summarize(read_runs(args.runs))
+    try:
+        runs = read_runs(args.runs)
+    except ValueError as err:
+        parser.error(str(err))  # one "error:" line on stderr, exit 2
+    summary = summarize(runs)
     print(format_summary(summary))
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(summary, indent=2))
