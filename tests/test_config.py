@@ -134,6 +134,7 @@ def test_every_preset_loads_and_round_trips(tmp_path):
     ("stage3.easy_split=0", "stage3.easy_split must be in (0, 1], got 0.0"),
     ("stage3.source_weight=-1", "stage3.source_weight must be a number >= 0, got -1.0"),
     ("stage3.kld_weight=-1", "stage3.kld_weight must be a number >= 0, got -1.0"),
+    ("stage3.min_confidence=1", "stage3.min_confidence must be in [0, 1), got 1.0"),
 ])
 def test_every_count_period_and_rate_is_checked_by_name_and_range(override, message):
     with pytest.raises(CirnError) as err:

@@ -125,6 +125,11 @@ def test_pseudo_label_thresholds_by_hand():
     assert labels.tolist() == [[0, 1, 2]]
     labels = pseudo_labels(probs, np.array([0.9, 0.25, 0.5]), "fda")
     assert labels.tolist() == [[255, 255, 2]]  # 0.85 and 0.6 (both class 0) under 0.9; 0.6 >= 0.5 for class 2
+    # A confidence floor drops labels that pass their class's threshold: pixel 1 (class 1 at 0.30 < 0.5), pixel 2
+    # (class 2 at 0.6 < 0.7) under cbst; under fda pixel 2 as well.
+    assert pseudo_labels(probs, np.array([0.8, 0.25, 0.5]), "cbst", min_confidence=0.5).tolist() == [[0, 255, 2]]
+    assert pseudo_labels(probs, np.array([0.8, 0.25, 0.5]), "cbst", min_confidence=0.7).tolist() == [[0, 255, 255]]
+    assert pseudo_labels(probs, np.array([0.9, 0.25, 0.5]), "fda", min_confidence=0.7).tolist() == [[255, 255, 255]]
 
 
 def test_easy_split_keeps_the_images_of_lowest_mean_entropy():

@@ -366,6 +366,9 @@ class Stage3Config:
     entropy (IntraDA's easy split, 0.67 there); 1 = all."""
     kld_weight: float = 0.0
     """Weight of CRST's MR-KLD confidence regulariser on the pseudo-labelled pixels (CRST uses 0.1); 0 = off."""
+    min_confidence: float = 0.0
+    """A pseudo label also needs this softmax probability for its class, whatever the class's threshold (BDL's 0.9
+    for every class); 0 = the per-class thresholds alone."""
 
     def __post_init__(self):
         _check_choice("stage3.policy", self.policy, PSEUDO_LABEL_POLICIES)
@@ -380,6 +383,7 @@ class Stage3Config:
         _check_number("stage3.easy_split", self.easy_split, 0, 1, low_open=True)
         _check_number("stage3.source_weight", self.source_weight, low=0)
         _check_number("stage3.kld_weight", self.kld_weight, low=0)
+        _check_number("stage3.min_confidence", self.min_confidence, 0, 1, high_open=True)
 
 
 @dataclass(frozen=True)

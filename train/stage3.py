@@ -3,7 +3,8 @@
 Thresholds come from per-class histograms of the prediction confidence over the whole split (1,000 bins), so the
 memory stays flat on the full Cityscapes train set: one pass collects the histograms, a second writes the labels.
 With stage3.easy_split < 1 a first pass ranks the images by the mean entropy of their prediction (IntraDA) and only
-the easiest share is pseudo-labelled and trained on (listed in images.txt).
+the easiest share is pseudo-labelled and trained on (listed in images.txt). stage3.min_confidence > 0 also drops
+every pixel whose probability for its label is under that floor, whatever its class's threshold.
 Pseudo labels are written as trainId PNGs, {out}/labels/NAME.png (255 = ignored), NAME the target image's name
 (datasets.PseudoLabelDataset pairs them with the images again, whatever the target's layout).
 """
@@ -49,8 +50,9 @@ def class_thresholds(histograms, policy, portion=0.2, percentile=66.0, max_thres
     return thresholds
 
 
-def pseudo_labels(probs, thresholds, policy):
-    """(C, H, W) probabilities -> (H, W) uint8 trainIds with 255 where the prediction is not confident enough."""
+def pseudo_labels(probs, thresholds, policy, min_confidence=0.0):
+    """(C, H, W) probabilities -> (H, W) uint8 trainIds with 255 where the prediction is not confident enough: under
+    its class's threshold, or its probability under `min_confidence`."""
     assert probs.ndim == 3 and probs.shape[0] == len(thresholds)
     thr = torch.as_tensor(thresholds, dtype=probs.dtype, device=probs.device).clamp_min(1e-6)[:, None, None]
     if policy == "cbst":
@@ -59,6 +61,8 @@ def pseudo_labels(probs, thresholds, policy):
     else:
         conf, labels = probs.max(dim=0)
         keep = conf >= thr[labels, 0, 0]
+    if min_confidence > 0:
+        keep &= probs.gather(0, labels[None])[0] >= min_confidence
     labels = labels.to(torch.uint8)
     labels[~keep] = L.IGNORE_INDEX
     return labels.cpu().numpy()
@@ -127,7 +131,7 @@ def generate(model_path, cfg, out_dir, portion, device=None, quiet=False):
     kept = np.zeros(num_classes, dtype=np.int64)
     total = 0
     for name, probs in _predict(model, dataset, device, kept_names):
-        trainids = pseudo_labels(probs, thresholds, s3.policy)
+        trainids = pseudo_labels(probs, thresholds, s3.policy, s3.min_confidence)
         kept += np.bincount(trainids[trainids != L.IGNORE_INDEX], minlength=num_classes)[:num_classes]
         total += trainids.size
         write_png(out_dir / PSEUDO_LABELS / f"{name}.png", trainids)
@@ -135,8 +139,8 @@ def generate(model_path, cfg, out_dir, portion, device=None, quiet=False):
         atomic_write_text(out_dir / IMAGE_LIST, "".join(f"{name}\n" for name in sorted(kept_names)))
     names = class_set(cfg.model)[0]
     summary = {
-        "model": str(model_path), "policy": s3.policy, "portion": portion, "images": len(dataset),
-        "easy_split": s3.easy_split, "images_labelled": len(kept_names) if kept_names is not None else len(dataset),
+        "model": str(model_path), "policy": s3.policy, "portion": portion, "min_confidence": s3.min_confidence,
+        "images": len(dataset), "easy_split": s3.easy_split, "images_labelled": len(kept_names) if kept_names is not None else len(dataset),
         "max_mean_entropy": max(entropies[n] for n in kept_names) if kept_names is not None else None,
         "labelled_share": float(kept.sum() / max(total, 1)),
         "classes": {n: {"threshold": round(float(t), 4), "predicted_pixels": int(h.sum()), "kept_pixels": int(k),
@@ -150,7 +154,9 @@ def generate(model_path, cfg, out_dir, portion, device=None, quiet=False):
 
 
 def format_summary(summary):
-    lines = [f"pseudo labels ({summary['policy']}, portion {summary['portion']:.2f}): "
+    floor = summary.get("min_confidence", 0.0)
+    lines = [f"pseudo labels ({summary['policy']}, portion {summary['portion']:.2f}"
+             + (f", probability >= {floor:.2f}" if floor else "") + "): "
              f"{summary['images_labelled']} of {summary['images']} images (the easiest {summary['easy_split']:.2f}), "
              f"{100 * summary['labelled_share']:.1f}% of their pixels labelled",
              f"{'class':<14}{'threshold':>10}{'coverage %':>12}"]
