@@ -140,7 +140,8 @@ def generate(model_path, cfg, out_dir, portion, device=None, quiet=False):
     names = class_set(cfg.model)[0]
     summary = {
         "model": str(model_path), "policy": s3.policy, "portion": portion, "min_confidence": s3.min_confidence,
-        "images": len(dataset), "easy_split": s3.easy_split, "images_labelled": len(kept_names) if kept_names is not None else len(dataset),
+        "images": len(dataset), "easy_split": s3.easy_split,
+        "images_labelled": len(kept_names) if kept_names is not None else len(dataset),
         "max_mean_entropy": max(entropies[n] for n in kept_names) if kept_names is not None else None,
         "labelled_share": float(kept.sum() / max(total, 1)),
         "classes": {n: {"threshold": round(float(t), 4), "predicted_pixels": int(h.sum()), "kept_pixels": int(k),
