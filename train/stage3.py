@@ -155,7 +155,7 @@ def generate(model_path, cfg, out_dir, portion, device=None, quiet=False):
 
 
 def format_summary(summary):
-    floor = summary.get("min_confidence", 0.0)
+    floor = summary["min_confidence"]
     lines = [f"pseudo labels ({summary['policy']}, portion {summary['portion']:.2f}"
              + (f", probability >= {floor:.2f}" if floor else "") + "): "
              f"{summary['images_labelled']} of {summary['images']} images (the easiest {summary['easy_split']:.2f}), "
