@@ -49,7 +49,7 @@ def test_model_meta_names_the_network_and_load_model_refuses_a_cyclegan(tmp_path
     nets = build_cyclegan(cfg.stage1)
     meta = model_meta(nets, cfg)
     assert meta == {"network": "cyclegan", "ngf": cfg.stage1.ngf, "ndf": cfg.stage1.ndf,
-                    "n_blocks": cfg.stage1.n_blocks, "disc_layers": 3, "normalization": "tanh"}
+                    "n_blocks": cfg.stage1.n_blocks, "upsample": "deconv", "disc_layers": 3, "normalization": "tanh"}
     assert model_meta(build_model(cfg.model), cfg)["network"] == "segnet"
     # Stage-1 checkpoints written before model_meta named the network carry the segmentation model's keys and
     # the generators' 'tanh' normalisation.

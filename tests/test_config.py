@@ -125,6 +125,8 @@ def test_every_preset_loads_and_round_trips(tmp_path):
     ("stage1.betas=[0.5, 1.5]", "stage1.betas must be [beta1, beta2], each in [0, 1)"),
     ("stage1.decay_start=2", "stage1.decay_start must be in [0, 1], got 2.0"),
     ("stage1.beta=0.5", "stage1.beta must be in [0, 0.5), got 0.5"),
+    ("stage1.fda_space=lab", "stage1.fda_space: 'lab' is not one of linear, log"),
+    ("stage1.upsample=bilinear", "stage1.upsample: 'bilinear' is not one of deconv, resize"),
     ("stage3.rounds=0", "stage3.rounds must be an integer >= 1, got 0"),
     ("stage3.iterations=-5", "stage3.iterations must be an integer >= 0, got -5"),
     ("stage3.portion=0", "stage3.portion must be in (0, 1], got 0.0"),

@@ -17,6 +17,7 @@ from cirn.train.fda import band_half_width, fda_transfer, swap_low_amplitude, tr
 from cirn.train.io import read_image, write_png
 from cirn.train.losses import seg_loss, valid_pixels
 from cirn.train.models import build_model
+from cirn.train.models import cyclegan as stage1_models
 from cirn.train.models.cyclegan import CycleGAN, ImagePool, PatchDiscriminator, ResnetGenerator
 
 
@@ -50,6 +51,21 @@ def test_parameter_counts_match_junyanz():
         assert count(ResnetGenerator(ngf=64, n_blocks=9)) == 11_378_179
         assert count(ResnetGenerator(ngf=64, n_blocks=6)) == 7_837_699
         assert count(PatchDiscriminator(ndf=64, n_layers=3)) == 2_764_737
+        assert count(ResnetGenerator(ngf=64, n_blocks=9, upsample="resize")) == 11_378_179
+
+
+def test_resize_upsampling_has_no_checkerboard():
+    """A transposed conv of stride 2 and kernel 3 overlaps its kernel unevenly: from a constant input its output
+    alternates between even and odd pixels. Resize then conv gives a constant output away from the border."""
+    torch.manual_seed(0)
+    x = torch.ones(1, 8, 8, 8)
+    for mode, uneven in (("deconv", True), ("resize", False)):
+        layer = torch.nn.Sequential(*stage1_models._upsample(8, 4, mode))
+        inner = layer(x)[0, :, 2:-2, 2:-2].detach()  # (4, 12, 12), away from the border
+        spread = (inner - inner.mean(dim=(1, 2), keepdim=True)).abs().max().item()
+        assert (spread > 1e-3) == uneven, mode
+    with pytest.raises(ValueError, match="deconv or resize"):
+        stage1_models._upsample(8, 4, "bilinear")
 
 
 def test_generator_keeps_size_and_range_and_translate_pads_odd_sizes():
@@ -139,6 +155,18 @@ def test_fda_dc_only_swap_takes_the_target_mean_colour():
     assert out.dtype == np.uint8 and np.array_equal(out, np.broadcast_to([50, 100, 125], (8, 8, 3)))
 
 
+def test_fda_in_log_space_scales_the_channels_and_keeps_dark_detail():
+    src = np.zeros((8, 8, 3), np.uint8)
+    src[:, :4], src[:, 4:] = 20, 200  # dark and bright halves
+    trg = np.full((8, 8, 3), 40, np.uint8)  # a dim target
+    linear = fda_transfer(src, trg, 1 / 8)  # b = 1: the mean moves from 110 to 40 by a shift ...
+    assert (linear[:, :4] == 0).all()  # ... which clips the dark half to black
+    log = fda_transfer(src, trg, 1 / 8, space="log").astype(float)
+    # log(1 + pixel) takes the target's mean: (1 + pixel) is scaled by one factor per channel
+    assert np.allclose(np.log1p(log).mean(), np.log1p(40.0), atol=0.02)
+    assert (log[:, :4] > 0).all() and np.allclose((1 + log[:, 4:]) / (1 + log[:, :4]), 201 / 21, rtol=0.05)
+
+
 def test_fda_swaps_the_low_band_amplitude_and_keeps_the_phase():
     rng = np.random.default_rng(1)
     src, trg = rng.uniform(0, 255, (2, 12, 16, 3))
@@ -193,8 +221,8 @@ def test_stage1_cli_trains_and_writes_a_loadable_intermediate_domain(toy_data, t
     assert any(r["kind"] == "mean" for r in records)
 
     # The checkpoint describes the CycleGAN it holds; export and later stages refuse it in one line.
-    assert last["model_meta"] == {"network": "cyclegan", "ngf": 4, "ndf": 4, "n_blocks": 1, "disc_layers": 3,
-                                  "normalization": "tanh"}
+    assert last["model_meta"] == {"network": "cyclegan", "ngf": 4, "ndf": 4, "n_blocks": 1, "upsample": "deconv",
+                                  "disc_layers": 3, "normalization": "tanh"}
     exported = CliRunner().invoke(export_main, [str(out / "checkpoints" / "last.pt"), "--out", str(tmp_path / "x")])
     assert exported.exit_code == 2 and "Traceback" not in exported.output, exported.output
     assert exported.output.strip().splitlines() == [
@@ -222,6 +250,23 @@ def test_stage1_cli_fda_translates_without_training(toy_data, toy_args, tmp_path
     assert not (out / "checkpoints").exists()
     src = read_image(toy_data / "gta5" / "images" / "00001.png")
     assert not np.array_equal(read_image(intermediate / "images" / "00001.png"), src[:36, :64])
+
+
+def test_fda_log_space_is_recorded_and_a_folder_of_the_other_space_is_refused(toy_data, seg_checkpoint, tmp_path):
+    linear = translate_fda(smoke_cfg(toy_data, seg_checkpoint, "stage1.beta=0.09"), tmp_path / "linear", quiet=True)
+    log_cfg = smoke_cfg(toy_data, seg_checkpoint, "stage1.beta=0.09", "stage1.fda_space=log")
+    log = translate_fda(log_cfg, tmp_path / "log", quiet=True)
+    assert linear["space"] == "linear" and log["space"] == "log"
+    assert not np.array_equal(read_image(tmp_path / "log" / "images" / "00001.png"),
+                              read_image(tmp_path / "linear" / "images" / "00001.png"))
+    with pytest.raises(CirnError, match="space: 'linear' there, 'log' now"):
+        translate_fda(log_cfg, tmp_path / "linear", quiet=True)
+    manifest = tmp_path / "linear" / "intermediate.json"  # a folder written before the key existed is linear
+    manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "space"}))
+    with pytest.raises(CirnError, match="space: 'linear' there, 'log' now"):
+        translate_fda(log_cfg, tmp_path / "linear", quiet=True)
+    assert translate_fda(smoke_cfg(toy_data, seg_checkpoint, "stage1.beta=0.09"), tmp_path / "linear",
+                         quiet=True)["count"] == 8
 
 
 def test_translation_resumes_skipping_written_files(toy_data, seg_checkpoint, tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ Every file is a dict loaded with torch.load(weights_only=True) and marked {"form
                      (model, optimisers, scaler, ...), extras (loaders, keeper, pools)
 model_meta describes the network, so that it can be rebuilt without the rest of the config:
     network "segnet"    name, num_classes, num_attention, width, normalization       (source-only, stage 2, 3)
-    network "cyclegan"  ngf, ndf, n_blocks, disc_layers, normalization ('tanh')     (stage 1)
+    network "cyclegan"  ngf, ndf, n_blocks, upsample, disc_layers, normalization ('tanh')     (stage 1)
 """
 import hashlib
 import json
@@ -29,7 +29,7 @@ from .models.cyclegan import CycleGAN
 CHECKPOINT_FORMAT = "cirn-checkpoint"
 CHECKPOINT_VERSION = 1
 SEGNET_KEYS = ("name", "num_classes", "num_attention", "width")  # what a run's model.* must match
-CYCLEGAN_KEYS = ("ngf", "ndf", "n_blocks")  # what a resumed stage 1's stage1.* must match
+CYCLEGAN_KEYS = ("ngf", "ndf", "n_blocks", "upsample")  # what a resumed stage 1's stage1.* must match
 
 
 # ---------------------------------------------------------------- the file
@@ -112,7 +112,7 @@ def model_meta(model, cfg):
     """What a checkpoint needs to rebuild its network without the rest of the config (the module docstring)."""
     if isinstance(model, CycleGAN):
         return {"network": "cyclegan", "ngf": model.ngf, "ndf": model.ndf, "n_blocks": model.n_blocks,
-                "disc_layers": model.disc_layers, "normalization": model.normalization}
+                "upsample": model.upsample, "disc_layers": model.disc_layers, "normalization": model.normalization}
     m = cfg.model
     return {"network": "segnet", "name": m.name, "num_classes": m.num_classes, "num_attention": m.num_attention,
             "width": m.width, "normalization": model.normalization}

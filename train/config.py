@@ -296,6 +296,9 @@ class Stage1Config:
     """PatchGAN base width (junyanz: 64)."""
     n_blocks: int = 9
     """Residual blocks of each generator (junyanz: 9)."""
+    upsample: str = "deconv"
+    """The generators' two x2 upsamplings: deconv (transposed conv, junyanz's) | resize (nearest x2 then conv3x3:
+    no checkerboard artefacts, the same parameters)."""
     gan_mode: str = "lsgan"
     """GAN objective: lsgan (MSE, CycleGAN's default) | vanilla (log loss / BCE, the paper's formulation)."""
     lambda_cycle: float = 10.0
@@ -316,10 +319,15 @@ class Stage1Config:
     """Generated images kept in each discriminator's history pool; 0 = no pool."""
     beta: float = 0.01
     """FDA: half-width of the swapped low-frequency band as a fraction of min(h, w) (FDA: 0.01, 0.05, 0.09)."""
+    fda_space: str = "linear"
+    """FDA: swap the spectra of the pixels (linear, FDA's) or of log(1 + pixel) (log: the swap scales instead of
+    shifting, so darkening toward a dim target keeps dark detail; fda.py)."""
 
     def __post_init__(self):
         _check_choice("stage1.cir", self.cir, CIR_METHODS)
         _check_choice("stage1.gan_mode", self.gan_mode, GAN_MODES)
+        _check_choice("stage1.upsample", self.upsample, ("deconv", "resize"))
+        _check_choice("stage1.fda_space", self.fda_space, ("linear", "log"))
         _set(self, "crop_size_wh", _check_pair("stage1.crop_size_wh", self.crop_size_wh,
                                                "[width, height] of multiples of 4, at least 16",
                                                lambda s: _is_int(s) and s >= 16 and s % 4 == 0))

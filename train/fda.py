@@ -5,6 +5,10 @@ The swapped band is the frequencies with |k_y| < b and |k_x| < b (signed FFT ind
 b = 0 changes nothing, b = 1 swaps only the mean colour. FDA's PyTorch code swaps [-b, b-1] on each axis, a band
 that is not conjugate-symmetric (it drops the imaginary part that results); the symmetric band keeps the inverse FFT
 real. The result is clipped to [0, 255], as the images are 8-bit PNGs.
+
+space 'log' swaps the spectra of log(1 + pixel) instead of the pixels (homomorphic filtering): light and exposure
+multiply a scene's colours, so there the swap scales each channel (b = 1: its geometric mean) and keeps dark
+detail, where the pixels' additive swap shifts them, clipping to black what lies below the shift.
 """
 import math
 import zlib
@@ -41,15 +45,19 @@ def swap_low_amplitude(src, trg, b):
     return np.fft.ifft2(amp_src * np.exp(1j * pha_src), axes=(0, 1)).real
 
 
-def fda_transfer(src, trg, beta):
-    """(H, W, 3) uint8 source and target (same size) -> (H, W, 3) uint8 source with the target's low frequencies."""
+def fda_transfer(src, trg, beta, space="linear"):
+    """(H, W, 3) uint8 source and target (same size) -> (H, W, 3) uint8 source with the target's low frequencies,
+    swapped in the pixels' space ('linear') or in log(1 + pixel) ('log')."""
     if src.shape != trg.shape or src.dtype != np.uint8 or trg.dtype != np.uint8:
         raise CirnError(f"fda_transfer needs two uint8 images of one size, got {src.dtype} {src.shape} and "
                         f"{trg.dtype} {trg.shape}")
     b = band_half_width(src.shape[0], src.shape[1], beta)
     if b == 0:
         return src.copy()
-    out = swap_low_amplitude(src.astype(np.float64), trg.astype(np.float64), b)
+    if space == "log":
+        out = np.expm1(swap_low_amplitude(np.log1p(src.astype(np.float64)), np.log1p(trg.astype(np.float64)), b))
+    else:
+        out = swap_low_amplitude(src.astype(np.float64), trg.astype(np.float64), b)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -58,10 +66,10 @@ class FDATranslator:
     from (seed, source name) so a resumed or re-ordered run pairs them the same way; the target is resized
     (bicubic) to the source image's size."""
 
-    def __init__(self, target_paths, beta, seed=0):
+    def __init__(self, target_paths, beta, seed=0, space="linear"):
         if not target_paths:
             raise CirnError("FDA needs at least one target image")
-        self.target_paths, self.beta, self.seed = list(target_paths), beta, seed
+        self.target_paths, self.beta, self.seed, self.space = list(target_paths), beta, seed, space
 
     def target_index(self, name):
         rng = np.random.default_rng((self.seed, zlib.crc32(name.encode())))
@@ -78,7 +86,7 @@ class FDATranslator:
         """(1, 3, H, W) tanh-normalised source image, its name -> (H, W, 3) uint8 translated image."""
         src = denormalize(image[0], "tanh")  # (H, W, 3) uint8, the resized source pixels
         trg = self.target_for(name, src.shape[1], src.shape[0])
-        return fda_transfer(src, trg, self.beta)
+        return fda_transfer(src, trg, self.beta, self.space)
 
 
 def open_fda(cfg):
@@ -86,8 +94,9 @@ def open_fda(cfg):
     beta = cfg.stage1.beta
     source_set = build_source_dataset(cfg.data, "tanh", intermediate=False, flip=False)
     target_set = build_target_dataset(cfg.data, "tanh", with_labels=False, flip=False)
-    translator = FDATranslator([path for _, path, _ in target_set.samples], beta, seed=cfg.run.seed)
-    identity = {"method": "fda", "beta": beta, "seed": cfg.run.seed,
+    space = cfg.stage1.fda_space
+    translator = FDATranslator([path for _, path, _ in target_set.samples], beta, seed=cfg.run.seed, space=space)
+    identity = {"method": "fda", "beta": beta, "space": space, "seed": cfg.run.seed,
                 "target_root": str(Path(cfg.data.target_root).resolve()) if cfg.data.target_root else "toy",
                 "target_list": cfg.data.target_list}
     return source_set, translator, identity

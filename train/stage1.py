@@ -293,6 +293,8 @@ def _claim(out_dir, identity):
     for marker in (out_dir / MANIFEST, out_dir / PARTIAL):
         if marker.exists():
             found = json.loads(marker.read_text())
+            if found.get("method") == "fda":
+                found.setdefault("space", "linear")  # written before stage1.fda_space existed
             diff = [f"{k}: {found.get(k)!r} there, {v!r} now" for k, v in identity.items() if found.get(k) != v]
             if diff:
                 raise CirnError(f"{out_dir} holds an intermediate domain made otherwise ({'; '.join(diff)}); "

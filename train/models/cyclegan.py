@@ -34,14 +34,27 @@ class ResnetBlock(nn.Module):
         return x + self.body(x)
 
 
+def _upsample(in_channels, out_channels, mode):
+    """The layers of one x2 upsampling conv of the generator (ResnetGenerator's upsample)."""
+    if mode == "deconv":
+        return [nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1, bias=True)]
+    if mode == "resize":
+        return [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1),
+                nn.Conv2d(in_channels, out_channels, 3, bias=True)]
+    raise ValueError(f"unknown upsample {mode!r}: expected deconv or resize")
+
+
 class ResnetGenerator(nn.Module):
     """(B, 3, H, W) RGB in [-1, 1] -> (B, 3, H, W) in [-1, 1]; H and W must be multiples of 4 (two /2 stages).
 
-    ReflPad3 conv7x7 3->ngf; two conv3x3/2 (ngf->2ngf->4ngf); n_blocks residual blocks at 4ngf; two
-    ConvTranspose(k3, s2, p1, op1) back to ngf; ReflPad3 conv7x7 ngf->3; Tanh. IN + ReLU after every conv but the last.
+    ReflPad3 conv7x7 3->ngf; two conv3x3/2 (ngf->2ngf->4ngf); n_blocks residual blocks at 4ngf; two x2 upsamplings
+    back to ngf; ReflPad3 conv7x7 ngf->3; Tanh. IN + ReLU after every conv but the last. upsample 'deconv' is
+    junyanz's ConvTranspose(k3, s2, p1, op1); 'resize' a nearest-neighbour x2 resize then ReflPad1 conv3x3 (Odena et
+    al. 2016, "Deconvolution and checkerboard artifacts": no uneven kernel overlap, so no checkerboard), the same
+    parameter count.
     """
 
-    def __init__(self, ngf=64, n_blocks=9, in_channels=3, out_channels=3):
+    def __init__(self, ngf=64, n_blocks=9, in_channels=3, out_channels=3, upsample="deconv"):
         super().__init__()
         layers = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7, bias=True), _norm(ngf), nn.ReLU(True)]
         for mult in (1, 2):
@@ -49,9 +62,7 @@ class ResnetGenerator(nn.Module):
                        _norm(ngf * mult * 2), nn.ReLU(True)]
         layers += [ResnetBlock(ngf * 4) for _ in range(n_blocks)]
         for mult in (4, 2):
-            layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1,
-                                          bias=True),
-                       _norm(ngf * mult // 2), nn.ReLU(True)]
+            layers += [*_upsample(ngf * mult, ngf * mult // 2, upsample), _norm(ngf * mult // 2), nn.ReLU(True)]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7, bias=True), nn.Tanh()]
         self.model = nn.Sequential(*layers)
         init_weights(self)
@@ -92,11 +103,12 @@ class CycleGAN(nn.Module):
     # The input convention of the generators (datasets.normalize mode); checkpoints record it in model_meta.
     normalization = "tanh"
 
-    def __init__(self, ngf=64, ndf=64, n_blocks=9, disc_layers=3):
+    def __init__(self, ngf=64, ndf=64, n_blocks=9, disc_layers=3, upsample="deconv"):
         super().__init__()
         self.ngf, self.ndf, self.n_blocks, self.disc_layers = ngf, ndf, n_blocks, disc_layers  # for model_meta
-        self.gen_s2t = ResnetGenerator(ngf, n_blocks)
-        self.gen_t2s = ResnetGenerator(ngf, n_blocks)
+        self.upsample = upsample
+        self.gen_s2t = ResnetGenerator(ngf, n_blocks, upsample=upsample)
+        self.gen_t2s = ResnetGenerator(ngf, n_blocks, upsample=upsample)
         self.disc_src = PatchDiscriminator(ndf, disc_layers)
         self.disc_trg = PatchDiscriminator(ndf, disc_layers)
 
@@ -108,8 +120,9 @@ class CycleGAN(nn.Module):
 
 
 def build_cyclegan(stage1_cfg):
-    """CycleGAN from a Stage1Config (ngf, ndf, n_blocks)."""
-    return CycleGAN(ngf=stage1_cfg.ngf, ndf=stage1_cfg.ndf, n_blocks=stage1_cfg.n_blocks)
+    """CycleGAN from a Stage1Config (ngf, ndf, n_blocks, upsample)."""
+    return CycleGAN(ngf=stage1_cfg.ngf, ndf=stage1_cfg.ndf, n_blocks=stage1_cfg.n_blocks,
+                    upsample=stage1_cfg.upsample)
 
 
 class ImagePool:
