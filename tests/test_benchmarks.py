@@ -32,7 +32,8 @@ def bench():
     try:
         yield {name: importlib.import_module(name) for name in ("variants", "measure", "report", "run_latency",
                                                                 "run_accuracy", "pseudo_labels", "so_collapse",
-                                                                "selection", "frame_cache", "table4_seeds")}
+                                                                "selection", "frame_cache", "table4_seeds",
+                                                                "fda_clipping")}
     finally:
         sys.path.remove(str(BENCHMARKS))
 
@@ -267,3 +268,18 @@ def test_table4_seeds_pairs_the_orderings_by_seed(bench, tmp_path, capsys):
         table.main([str(tmp_path / "missing")])
     assert exit_info.value.code == 2
     assert "error: " + str(tmp_path / "missing" / "ablation.json") + " does not exist" in capsys.readouterr().err
+
+
+def test_fda_clipping_counts_the_channel_values_at_0_and_255(bench, tmp_path):
+    import numpy as np
+
+    from cirn.train.io import write_png
+    for folder, image in (("source", [[[10, 0, 255], [30, 40, 50]]]), ("translated", [[[0, 0, 255], [0, 20, 30]]])):
+        write_png(tmp_path / folder / "images" / "00001.png", np.array(image, np.uint8))
+    figures = bench["fda_clipping"].main([str(tmp_path / "translated"), str(tmp_path / "source")])
+    assert figures["source"] == {"mean": [20.0, 20.0, 152.5], "at_0": pytest.approx(100 / 6),
+                                 "at_255": pytest.approx(100 / 6)}
+    assert figures["translated"]["at_0"] == pytest.approx(50.0) and figures["translated"]["mean"][0] == 0.0
+    (tmp_path / "source" / "images" / "00001.png").unlink()
+    with pytest.raises(SystemExit, match="does not exist"):
+        bench["fda_clipping"].main([str(tmp_path / "translated"), str(tmp_path / "source")])

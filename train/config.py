@@ -33,6 +33,8 @@ BATCHNORM_MODES = ("auto", "frozen", "batch-stats", "train")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 CIR_METHODS = ("cyclegan", "fda")
 GAN_MODES = ("lsgan", "vanilla")
+UPSAMPLE_MODES = ("deconv", "resize")
+FDA_SPACES = ("linear", "log")
 PSEUDO_LABEL_POLICIES = ("cbst", "fda")
 OPTIMIZERS = ("sgd", "adamw")
 MAX_ATTENTION = 8
@@ -326,8 +328,8 @@ class Stage1Config:
     def __post_init__(self):
         _check_choice("stage1.cir", self.cir, CIR_METHODS)
         _check_choice("stage1.gan_mode", self.gan_mode, GAN_MODES)
-        _check_choice("stage1.upsample", self.upsample, ("deconv", "resize"))
-        _check_choice("stage1.fda_space", self.fda_space, ("linear", "log"))
+        _check_choice("stage1.upsample", self.upsample, UPSAMPLE_MODES)
+        _check_choice("stage1.fda_space", self.fda_space, FDA_SPACES)
         _set(self, "crop_size_wh", _check_pair("stage1.crop_size_wh", self.crop_size_wh,
                                                "[width, height] of multiples of 4, at least 16",
                                                lambda s: _is_int(s) and s >= 16 and s % 4 == 0))
